@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install narvl into .venv/ in this checkout: pinned dependencies (requirements.txt + requirements.lock),
+# narvl itself (editable), and Java from Debian's packages when it is missing (pycocoevalcap's PTB tokenizer and
+# METEOR need it). Safe to re-run: it does nothing when .venv already matches the pinned files.
+#
+#   bash install.sh            # then: .venv/bin/snakemake --cores all   or   .venv/bin/python -m pytest
+#
+# Environment: PYTHON (default python3.11, else python3) picks the interpreter; it must be Python 3.11.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+log() { printf '[install] %s\n' "$*"; }
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3 || true)}
+[ -n "$PYTHON" ] || { echo "install.sh: no python3 found; install Python 3.11" >&2; exit 1; }
+version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[ "$version" = "3.11" ] || { echo "install.sh: $PYTHON is Python $version; narvl pins wheels for Python 3.11" >&2; exit 1; }
+
+if ! command -v java >/dev/null 2>&1; then
+    log "Java is missing: installing Debian's default-jre-headless (for pycocoevalcap's tokenizer and METEOR)"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq default-jre-headless >/dev/null \
+        || { echo "install.sh: could not install Java; install default-jre-headless and re-run" >&2; exit 1; }
+fi
+
+stamp=.venv/.narvl-install-stamp
+want=$(cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/python ]; then
+    log ".venv is up to date"
+    exit 0
+fi
+
+start=$(date +%s)
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+log "installing pinned dependencies into .venv (pip; about 2 minutes with a local wheel store)"
+.venv/bin/python -m pip install --no-cache-dir -q --disable-pip-version-check \
+    -r requirements.txt -c requirements.lock
+.venv/bin/python -m pip install --no-cache-dir -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+.venv/bin/python -m pip check
+echo "$want" >"$stamp"
+log "done in $(( $(date +%s) - start )) s"

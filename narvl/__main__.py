@@ -1,0 +1,5 @@
+import sys
+
+from narvl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,316 @@
+"""Parameter files: `params/<stage>.yaml`, one top-level key per file, loaded into frozen dataclasses.
+
+    data      synthesis of the embedded default, sharding, tokenizer, loaders
+    model     architecture preset and per-task query counts
+    train     optimisation, DeepSpeed, checkpoints, knowledge distillation
+    decode    beam search and decoding batch
+    score     metric options
+    pipeline  which tasks, splits, model kinds and decoders the workflow runs, and where files go
+
+Every value lives in exactly one place: the YAML file (the dataclasses below have no defaults; the architecture
+presets are the one exception, defined here and selected by name). A file that misses a key, names a key the
+dataclass does not have, or gives a value of the wrong type fails with an error naming the file and the dotted key.
+Code that needs variants (tests, benchmarks) loads the files and uses `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from narvl.errors import NarvlError
+
+TASKS = ("caption", "vqa", "grounding")
+Task = Literal["caption", "vqa", "grounding"]
+Kind = Literal["ar", "nar"]
+
+
+# --------------------------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class SynthParams:
+    """The embedded default dataset (`narvl synth`)."""
+
+    seed: int
+    image_size: int  # rendered scenes are square, in pixels
+    min_objects: int
+    max_objects: int
+    # number of images per split; RefCOCO's testA/testB split the test images
+    train_images: int
+    val_images: int
+    test_images: int
+    captions_per_image: int
+    questions_per_image: int
+    refs_per_image: int
+    jpeg_quality: int
+
+
+@dataclass(frozen=True)
+class ShardParams:
+    """`narvl shard`: image resizing and shard size."""
+
+    # longest image side after resizing, per task (the paper: 480 caption/VQA, 512 grounding)
+    image_size: dict[str, int]
+    samples_per_shard: int
+    jpeg_quality: int
+
+
+@dataclass(frozen=True)
+class TokenizerParams:
+    vocab_size: int  # BPE merges stop at this size (special and location tokens not counted)
+    num_bins: int  # location tokens <bin_0>..<bin_{B-1}>; the paper uses 1000
+    lowercase: bool
+
+
+@dataclass(frozen=True)
+class LoaderParams:
+    num_workers: int
+    shuffle_buffer: int
+    max_source_len: int  # text tokens fed to the encoder
+    max_target_len: dict[str, int]
+
+
+@dataclass(frozen=True)
+class DataParams:
+    synth: SynthParams
+    shard: ShardParams
+    tokenizer: TokenizerParams
+    loader: LoaderParams
+
+
+# -------------------------------------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ArchParams:
+    """One architecture. The presets below are the paper's OFA scales (tiny/base/large) and a small CPU default."""
+
+    d_model: int
+    heads: int
+    encoder_layers: int
+    decoder_layers: int
+    ffn_dim: int
+    dropout: float
+    resnet_block: Literal["basic", "bottleneck"]
+    resnet_layers: list[int]  # blocks in stages 1-3 (cut after stage 3)
+    resnet_width: int  # channels after the stem
+    max_source_len: int
+    max_target_len: int
+
+
+PRESETS: dict[str, ArchParams] = {
+    "cpu": ArchParams(d_model=64, heads=4, encoder_layers=2, decoder_layers=2, ffn_dim=256, dropout=0.1,
+                      resnet_block="basic", resnet_layers=[1, 1, 1], resnet_width=16,
+                      max_source_len=128, max_target_len=32),
+    "tiny": ArchParams(d_model=256, heads=4, encoder_layers=4, decoder_layers=4, ffn_dim=1024, dropout=0.1,
+                       resnet_block="bottleneck", resnet_layers=[3, 4, 6], resnet_width=64,
+                       max_source_len=256, max_target_len=256),
+    "base": ArchParams(d_model=768, heads=12, encoder_layers=6, decoder_layers=6, ffn_dim=3072, dropout=0.1,
+                       resnet_block="bottleneck", resnet_layers=[3, 4, 23], resnet_width=64,
+                       max_source_len=1024, max_target_len=1024),
+    "large": ArchParams(d_model=1024, heads=16, encoder_layers=12, decoder_layers=12, ffn_dim=4096, dropout=0.1,
+                        resnet_block="bottleneck", resnet_layers=[3, 8, 36], resnet_width=64,
+                        max_source_len=1024, max_target_len=1024),
+}
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    preset: Literal["cpu", "tiny", "base", "large"]
+    # fields of ArchParams to change on top of the preset, e.g. {dropout: 0.0}
+    overrides: dict[str, Any]
+    # N learnable query slots of the NAR decoder per task (the paper: 20 caption, 6 VQA, 5 grounding, 3 entailment)
+    num_queries: dict[str, int]
+
+    def arch(self) -> ArchParams:
+        known = {f.name for f in dataclasses.fields(ArchParams)}
+        for key in self.overrides:
+            if key not in known:
+                raise NarvlError(f"model.overrides.{key}: unknown architecture field{_suggest(key, known)}")
+        merged = {**dataclasses.asdict(PRESETS[self.preset]), **self.overrides}
+        return _build(ArchParams, merged, "model.overrides", "model params")
+
+
+# -------------------------------------------------------------------------------------------------------- train
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int
+    nproc: int  # data-parallel processes on one node (CPU: gloo; GPU: nccl, one per GPU)
+    steps: dict[str, int]
+    global_batch: int  # must equal micro_batch * grad_accum * world size
+    micro_batch: int
+    grad_accum: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float  # cosine decay to lr * min_lr_ratio
+    weight_decay: float
+    grad_clip: float
+    zero_stage: int
+    precision: Literal["fp32", "bf16", "fp16"]
+    label_smoothing: float
+    # VQA: multiply each target's log-likelihood by its soft VQA score (the paper's choice)
+    vqa_score_weights: bool
+    checkpoint_every: int
+    log_every: int
+    # knowledge distillation: NAR students trained on AR-teacher outputs for these tasks
+    distill_tasks: list[str]
+
+
+# ------------------------------------------------------------------------------------------------------- decode
+@dataclass(frozen=True)
+class DecodeParams:
+    batch_size: int
+    beam_size: int
+    length_penalty: float
+    max_len: dict[str, int]
+    bench_batch_sizes: list[int]
+    bench_repeats: int
+
+
+# -------------------------------------------------------------------------------------------------------- score
+@dataclass(frozen=True)
+class ScoreParams:
+    meteor: bool  # needs Java
+    spice: bool  # needs Java and Stanford CoreNLP models (downloaded at first use): reported unavailable
+    iou_threshold: float
+
+
+# ----------------------------------------------------------------------------------------------------- pipeline
+@dataclass(frozen=True)
+class PipelineParams:
+    source: Literal["default", "real"]
+    tasks: list[str]
+    kinds: list[str]
+    decoders: list[str]
+    eval_splits: dict[str, list[str]]
+    raw_dir: str
+    shards_dir: str
+    runs_dir: str
+    results_dir: str
+
+
+STAGES: dict[str, type] = {
+    "data": DataParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "decode": DecodeParams,
+    "score": ScoreParams,
+    "pipeline": PipelineParams,
+}
+
+T = TypeVar("T")
+
+
+def _suggest(key: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(tp: Any, value: Any, where: str, path: str) -> Any:
+    """Check `value` against the annotation `tp`, converting nested dicts into dataclasses."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise NarvlError(f"{path}: {where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where, path)
+    if origin is Literal:
+        if value not in args:
+            raise NarvlError(f"{path}: {where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            if option is type(None) and value is None:
+                return None
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, where, path)
+            except NarvlError:
+                continue
+        raise NarvlError(f"{path}: {where}: {value!r} is not of type {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise NarvlError(f"{path}: {where}: expected a list, got {type(value).__name__} {value!r}")
+        return [_convert(args[0], v, f"{where}[{i}]", path) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise NarvlError(f"{path}: {where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return {_convert(args[0], k, f"{where} key", path): _convert(args[1], v, f"{where}.{k}", path)
+                for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NarvlError(f"{path}: {where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise NarvlError(f"{path}: {where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise NarvlError(f"{path}: {where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported parameter annotation {tp!r} at {where}")
+
+
+def _build(cls: type[T], values: dict[str, Any], where: str, path: str) -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise NarvlError(f"{path}: {where}.{key}: unknown key{_suggest(str(key), fields)}")
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}", path)
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise NarvlError(f"{path}: {where}: missing key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def load(path: str | Path, stage: str | None = None) -> Any:
+    """Load `params/<stage>.yaml` into its dataclass. `stage` defaults to the file's stem."""
+    path = Path(path)
+    stage = stage or path.stem
+    if stage not in STAGES:
+        raise NarvlError(f"{path}: unknown parameter stage '{stage}'{_suggest(stage, STAGES)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise NarvlError(f"{path}: no such parameter file") from e
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise NarvlError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(doc, dict) or set(doc) != {stage}:
+        found = ", ".join(map(str, doc)) if isinstance(doc, dict) else type(doc).__name__
+        raise NarvlError(f"{path}: expected exactly one top-level key '{stage}', found: {found or 'nothing'}")
+    return _build(STAGES[stage], doc[stage] or {}, stage, str(path))
+
+
+def load_all(params_dir: str | Path = "params") -> dict[str, Any]:
+    """Every stage's parameters from a folder of `<stage>.yaml` files."""
+    return {stage: load(Path(params_dir) / f"{stage}.yaml", stage) for stage in STAGES}
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params)
+
+
+def digest(params: Any) -> str:
+    """A short hash of the resolved parameters, for provenance in outputs."""
+    blob = json.dumps(to_dict(params), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

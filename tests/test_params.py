@@ -1,0 +1,88 @@
+"""Parameter files: every stage loads; unknown, missing and mistyped keys fail naming the file and the key."""
+
+import dataclasses
+import textwrap
+
+import pytest
+
+from narvl import params
+from narvl.cli import main as cli_main
+from narvl.errors import NarvlError
+
+
+def test_every_stage_loads_from_params_dir():
+    loaded = params.load_all("params")
+    assert set(loaded) == set(params.STAGES)
+    assert loaded["model"].arch().d_model == 64
+    for p in loaded.values():
+        assert dataclasses.is_dataclass(p)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(p, dataclasses.fields(p)[0].name, None)
+
+
+@pytest.mark.parametrize(
+    "preset, d, heads, enc, dec, depth",
+    [("tiny", 256, 4, 4, 4, [3, 4, 6]), ("base", 768, 12, 6, 6, [3, 4, 23]), ("large", 1024, 16, 12, 12, [3, 8, 36])],
+)
+def test_presets_match_the_paper_scales(preset, d, heads, enc, dec, depth):
+    arch = params.PRESETS[preset]
+    assert (arch.d_model, arch.heads, arch.encoder_layers, arch.decoder_layers, arch.resnet_layers) == (
+        d, heads, enc, dec, depth)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_unknown_key_names_file_and_key_and_suggests(tmp_path):
+    path = write(tmp_path, "score.yaml", """
+        score:
+          meteor: true
+          spice: true
+          iou_treshold: 0.5
+    """)
+    with pytest.raises(NarvlError, match=r"score\.yaml: score\.iou_treshold: unknown key \(did you mean 'iou_threshold'\?\)"):
+        params.load(path)
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = write(tmp_path, "score.yaml", """
+        score: {meteor: yes please, spice: true, iou_threshold: 0.5}
+    """)
+    with pytest.raises(NarvlError, match=r"score\.yaml: score\.meteor: expected bool"):
+        params.load(path)
+
+
+def test_nested_wrong_type_and_bool_is_not_int(tmp_path):
+    text = (params_dir := __import__("pathlib").Path("params")).joinpath("data.yaml").read_text()
+    path = write(tmp_path, "data.yaml", text.replace("samples_per_shard: 1000", "samples_per_shard: true"))
+    with pytest.raises(NarvlError, match=r"data\.shard\.samples_per_shard: expected an integer"):
+        params.load(path)
+
+
+def test_missing_key_and_wrong_top_level(tmp_path):
+    with pytest.raises(NarvlError, match=r"score: missing keys spice, iou_threshold"):
+        params.load(write(tmp_path, "score.yaml", "score: {meteor: true}\n"))
+    with pytest.raises(NarvlError, match=r"expected exactly one top-level key 'score'"):
+        params.load(write(tmp_path, "score.yaml", "decode: {}\n"))
+    with pytest.raises(NarvlError, match=r"no such parameter file"):
+        params.load(tmp_path / "model.yaml")
+
+
+def test_literal_and_override_checks(tmp_path):
+    with pytest.raises(NarvlError, match=r"model\.preset: 'huge' is not one of"):
+        params.load(write(tmp_path, "model.yaml", "model: {preset: huge, overrides: {}, num_queries: {}}\n"))
+    model = params.load(write(tmp_path, "model.yaml", "model: {preset: cpu, overrides: {dropot: 0.0}, num_queries: {}}\n"))
+    with pytest.raises(NarvlError, match=r"model\.overrides\.dropot: unknown architecture field \(did you mean 'dropout'\?\)"):
+        model.arch()
+
+
+def test_cli_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("synth", "shard", "tokenizer", "train", "decode", "score", "report", "bench"):
+        assert name in out
