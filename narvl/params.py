@@ -157,7 +157,11 @@ class TrainParams:
     # VQA: multiply each target's log-likelihood by its soft VQA score (the paper's choice)
     vqa_score_weights: bool
     checkpoint_every: int
+    keep_checkpoints: int  # complete checkpoints kept on disk (older ones are deleted after each save)
     log_every: int
+    val_every: int  # validation loss/metric every K steps (0: only at the end)
+    val_batches: int  # validation batches (of micro_batch samples) per evaluation
+    val_split: dict[str, str]  # per task: the split validated on during training
     # knowledge distillation: NAR students trained on AR-teacher outputs for these tasks
     distill_tasks: list[str]
 
