@@ -148,6 +148,8 @@ class TrainParams:
     micro_batch: int
     grad_accum: int
     lr: float
+    adam_betas: list[float]
+    adam_eps: float
     warmup_steps: int
     min_lr_ratio: float  # cosine decay to lr * min_lr_ratio
     weight_decay: float
@@ -159,6 +161,9 @@ class TrainParams:
     vqa_score_weights: bool
     checkpoint_every: int
     keep_checkpoints: int  # complete checkpoints kept on disk (older ones are deleted after each save)
+    # on resume, replay up to this many batches per rank to restore the exact data position; further in, the data
+    # stream is reseeded from the step instead (replaying decodes every skipped image)
+    resume_replay_batches: int
     log_every: int
     val_every: int  # validation loss/metric every K steps (0: only at the end)
     val_batches: int  # validation batches (of micro_batch samples) per evaluation
