@@ -1,4 +1,4 @@
-"""Checkpoint folder layout, completeness and compatibility.
+"""Checkpoint folder layout, completeness and compatibility (torch is imported only where tensors are saved).
 
     runs/<run>/checkpoints/
       run.json                      what the checkpoints belong to: the model identity (kind, task, architecture,
@@ -21,9 +21,6 @@ import re
 import shutil
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from narvl.errors import NarvlError
 from narvl.io import atomic_path, read_json
@@ -152,6 +149,9 @@ def rank_file(tag_dir: Path, rank: int) -> Path:
 
 
 def capture_rng() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -159,6 +159,9 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -167,6 +170,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save_rank_state(tag_dir: Path, rank: int, state: dict[str, Any]) -> None:
+    import torch
+
     path = rank_file(tag_dir, rank)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -174,6 +179,8 @@ def save_rank_state(tag_dir: Path, rank: int, state: dict[str, Any]) -> None:
 
 
 def load_rank_state(tag_dir: Path, rank: int) -> dict[str, Any] | None:
+    import torch
+
     path = rank_file(tag_dir, rank)
     if not path.is_file():
         return None

@@ -56,7 +56,7 @@ def deepspeed_config(train: TrainParams) -> dict[str, Any]:
     The optimizer (torch AdamW) and the schedule are passed as objects, not named here: DeepSpeed's own fused Adam
     compiles a C++ op on first use (~50 s on the CPU).
     """
-    return {
+    config = {
         "train_batch_size": train.global_batch,
         "train_micro_batch_size_per_gpu": train.micro_batch,
         "gradient_accumulation_steps": train.grad_accum,
@@ -68,6 +68,10 @@ def deepspeed_config(train: TrainParams) -> dict[str, Any]:
         "steps_per_print": 1 << 30,  # narvl logs; DeepSpeed stays quiet
         "wall_clock_breakdown": False,
     }
+    if train.precision != "fp32":
+        # buffers (the ResNet's BatchNorm statistics) follow the weights; DeepSpeed otherwise keeps them in fp32
+        config["data_types"] = {"buffer_dtype": train.precision}
+    return config
 
 
 class WarmupCosine:

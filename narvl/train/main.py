@@ -174,30 +174,43 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def main(args: argparse.Namespace) -> int:
+def cuda_available() -> bool:
+    """torch.cuda.is_available(), without importing torch (seconds) on machines with no NVIDIA device."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return False
     import torch
 
-    cuda = torch.cuda.is_available()
+    return torch.cuda.is_available()
+
+
+def main(args: argparse.Namespace) -> int:
+    cuda = cuda_available()
     where = launch.placement()
     train, _, _ = load_params(args.params)
     world = where.world_size if where.mode != "plain" else train.nproc
     setup = prepare(args, world, cuda)  # every check, before any work
     if where.mode == "plain" and train.nproc > 1:
-        if cuda and torch.cuda.device_count() < train.nproc:
-            raise NarvlError(f"train.nproc = {train.nproc} but only {torch.cuda.device_count()} GPU(s) are visible")
+        if cuda:
+            import torch
+
+            if torch.cuda.device_count() < train.nproc:
+                raise NarvlError(f"train.nproc = {train.nproc} but only {torch.cuda.device_count()} GPU(s) "
+                                 "are visible")
         log.info("starting %d ranks under torchrun", train.nproc)
         launch.exec_torchrun(train.nproc, narvl_argv(args))  # does not return
-    return run(setup, cuda)
+    return run(setup)
 
 
-def run(setup: Setup, cuda: bool) -> int:
-    if not cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def run(setup: Setup) -> int:
     if os.environ.get(launch.SELF_LAUNCHED):
         launch.die_with_parent()
     launch.become_rank()
-    import deepspeed
     import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
     import torch.distributed as dist
     from deepspeed.utils import logger as ds_logger
 
