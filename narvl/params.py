@@ -37,19 +37,25 @@ Kind = Literal["ar", "nar"]
 # --------------------------------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class SynthParams:
-    """The embedded default dataset (`narvl synth`)."""
+    """The embedded default dataset (`narvl synth`; docs/data-default.md)."""
 
     seed: int
     image_size: int  # rendered scenes are square, in pixels
+    supersample: int  # drawn at this multiple of image_size, then downsampled (anti-aliasing)
     min_objects: int
     max_objects: int
-    # number of images per split; RefCOCO's testA/testB split the test images
+    # images per Karpathy split: train in train2014/, restval, val and test in val2014/ (VQA train2014 / val2014).
+    # RefCOCO uses the train2014 images: the last val_images of them + test_images (half testA, half testB) are its
+    # evaluation splits, the rest its train split.
     train_images: int
+    restval_images: int
     val_images: int
     test_images: int
     captions_per_image: int
     questions_per_image: int
     refs_per_image: int
+    sentences_per_ref: int
+    answer_noise: float  # chance that one of the 10 human answers deviates (synonym or mistake; at most 4 do)
     jpeg_quality: int
 
 

@@ -1,0 +1,1 @@
+"""Data: the embedded default dataset, readers into webdataset shards, the tokenizer and the loaders."""
