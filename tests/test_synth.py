@@ -328,13 +328,39 @@ def test_vqa_accuracy_follows_the_official_rule():
     assert synth.vqa_accuracy("Two", ["two"] * 10) == 0.0  # all identical: not normalised (official behaviour)
 
 
-def test_text_only_baseline_is_low_on_a_mid_sized_set(tmp_path):
-    out = tmp_path / "raw"
-    synth.generate(small_params(train_images=300, restval_images=0, val_images=100, test_images=100), out)
-    result = synth.text_only_baseline(out)
-    assert result["questions"] == 600
-    assert 0.2 < result["accuracy"] < 0.5  # far from what a model that looks at the scene can reach
-    assert result["per_answer_type"]["other"] < 0.35
+@pytest.fixture(scope="module")
+def default_repo(tmp_path_factory) -> Path:
+    """A DVC repository holding this checkout's data.dvc and a fresh generation of the default dataset."""
+    from dvc.repo import Repo
+
+    root = tmp_path_factory.mktemp("fresh")
+    Repo.init(str(root), no_scm=True).close()
+    (root / "data.dvc").write_bytes(Path("data.dvc").read_bytes())
+    synth.generate(default_params(), root / "data" / "raw")
+    return root
+
+
+def test_default_generation_matches_data_dvc(default_repo, monkeypatch):
+    """What `narvl synth` writes from params/data.yaml is the version data.dvc records (hashed by DVC itself)."""
+    from dvc.repo import Repo
+
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    with Repo(str(default_repo)) as repo:
+        (stage,) = repo.stage.collect(str(default_repo / "data.dvc"))
+        (out,) = stage.outs
+        assert str(out.def_path) == "data/raw"
+        recorded, fresh = out.hash_info, out.get_hash()
+        assert recorded.name == "md5" and recorded.value.endswith(".dir")
+        assert fresh.value == recorded.value, "params/data.yaml or the generator changed: regenerate and `dvc commit`"
+        assert out.meta.nfiles == len([p for p in (default_repo / "data" / "raw").rglob("*") if p.is_file()])
+
+
+def test_text_only_baseline_is_low_on_the_default(default_repo):
+    result = synth.text_only_baseline(default_repo / "data" / "raw")
+    assert result["questions"] == 3 * (40 + 100 + 100)  # val2014: restval, val and test images
+    # per-question-type majority answers: far below what a model that looks at the scene can reach
+    assert 0.25 < result["accuracy"] < 0.45
+    assert result["per_answer_type"]["other"] < 0.3 and result["per_answer_type"]["number"] < 0.4
 
 
 # ---------------------------------------------------------------------------------------------------------- CLI
