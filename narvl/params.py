@@ -52,6 +52,7 @@ class SynthParams:
     val_images: int
     test_images: int
     captions_per_image: int
+    max_caption_words: int  # words + punctuation marks; keep under the caption target length (NAR queries)
     questions_per_image: int
     refs_per_image: int
     sentences_per_ref: int

@@ -89,6 +89,8 @@ def test_karpathy_file_fields_splits_and_images(raw):
         for s in im["sentences"]:
             assert set(s) == {"tokens", "raw", "imgid", "sentid"} and s["imgid"] == imgid
             assert s["tokens"] == re.sub(r"[^a-z0-9 ]", " ", s["raw"].lower()).split()
+            # words and punctuation marks, with a full stop possibly added after the limit was applied
+            assert len(s["tokens"]) + len(re.findall(r"[,.:;]", s["raw"])) <= 16 + 1
         all_sentids += im["sentids"]
     assert len(set(all_sentids)) == len(all_sentids)
 

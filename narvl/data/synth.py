@@ -78,6 +78,8 @@ def check(p: SynthParams) -> None:
         problems.append("test_images must be at least 2 (RefCOCO testA and testB)")
     if not 0 <= p.answer_noise <= 1:
         problems.append("answer_noise must be in [0, 1]")
+    if p.max_caption_words < 8:
+        problems.append("max_caption_words must be at least 8")
     if not 1 <= p.jpeg_quality <= 95:
         problems.append("jpeg_quality must be in [1, 95]")
     if problems:
@@ -148,7 +150,7 @@ def write_captions(p: SynthParams, records: list[ImageRecord], out: Path) -> dic
     for imgid, r in enumerate(records):
         rng = _rng(p, r.image_id, "captions")
         sentences = []
-        for text in ss.captions(rng, r.scene, p.captions_per_image):
+        for text in ss.captions(rng, r.scene, p.captions_per_image, p.max_caption_words):
             raw = _raw(rng, text)
             sentences.append({"tokens": ss.tokenize(raw), "raw": raw, "imgid": imgid, "sentid": sentid})
             sentid += 1
@@ -244,7 +246,9 @@ def write_refcoco(p: SynthParams, records: list[ImageRecord], out: Path) -> dict
 def generate(p: SynthParams, out: str | Path) -> dict[str, int]:
     """Write the dataset to `out` (which must not exist, or be an empty folder). Returns counts."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise NarvlError(f"{out}: already exists and is a file, not a folder; choose another output folder")
+    if out.exists() and any(out.iterdir()):
         raise NarvlError(f"{out}: already exists and is not empty; remove it or choose another output folder")
     records = plan(p)
     with atomic_path(out, is_dir=True) as tmp:
