@@ -209,6 +209,21 @@ def test_refs_point_at_annotations_inside_their_images(raw):
         assert 0 < ann["area"] <= w * h + 0.01 and ann["iscrowd"] == 0
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools 2.0.11 + numpy 2
+def test_instances_load_with_pycocotools_and_polygons_match_boxes(raw):
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(raw / "refcoco" / "instances.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [
+        "circle", "square", "triangle", "diamond", "star", "cross"]
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        m = coco.annToMask(ann)  # rasterised polygon, as the refer toolkit's getMask does
+        rle = mask_utils.encode(m)
+        assert mask_utils.area(rle) == pytest.approx(ann["area"], rel=0.25, abs=6)
+        assert list(mask_utils.toBbox(rle)) == pytest.approx(ann["bbox"], abs=2)  # whole pixels; thin tips
+
+
 # ------------------------------------------------------------- an independent reading of the pixels and the words
 PALETTE = {"red": (215, 35, 35), "orange": (245, 140, 20), "yellow": (240, 220, 40), "green": (40, 170, 60),
            "blue": (40, 80, 225), "purple": (145, 55, 190), "white": (245, 245, 245)}
@@ -421,3 +436,21 @@ def test_a_failure_midway_leaves_nothing(tmp_path, monkeypatch):
 def test_inconsistent_sizes_are_rejected():
     with pytest.raises(NarvlError, match="train_images > val_images"):
         synth.plan(small_params(train_images=5))
+
+
+# ---------------------------------------------------------------------------------------------------------- DVC
+def test_dvc_is_set_up_offline_and_data_raw_stays_out_of_git():
+    import configparser
+    import subprocess
+
+    import yaml
+
+    config = configparser.ConfigParser()
+    config.read(".dvc/config")
+    assert config["core"]["analytics"] == "false"
+    assert not [s for s in config.sections() if s.startswith("'remote")]
+    (out,) = yaml.safe_load(Path("data.dvc").read_text())["outs"]
+    assert out["path"] == "data/raw" and out["hash"] == "md5" and out["md5"].endswith(".dir")
+    if Path(".git").exists():  # a source tree without git (an sdist) has nothing to check
+        ignored = subprocess.run(["git", "check-ignore", "-q", "data/raw/captions/dataset_coco.json"])
+        assert ignored.returncode == 0, "data/raw must stay git-ignored (DVC tracks it)"
