@@ -16,7 +16,7 @@ from PIL import Image
 
 from narvl import params
 from narvl.cli import main as cli_main
-from narvl.data import synth
+from narvl.data import synth, synth_scene
 from narvl.errors import NarvlError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,7 +31,8 @@ def default_params() -> params.SynthParams:
 
 
 def small_params(**changes) -> params.SynthParams:
-    base = dict(train_images=14, restval_images=2, val_images=3, test_images=4)
+    base = dict(train_images=14, restval_images=2, val_images=3, test_images=4, ve_train_images=24,
+                ve_dev_images=8, ve_test_images=8)
     base.update(changes)
     return dataclasses.replace(default_params(), **base)
 
@@ -63,7 +64,8 @@ def test_same_seed_gives_identical_bytes_and_another_seed_does_not(raw, tmp_path
                 "vqa/v2_OpenEnded_mscoco_val2014_questions.json", "vqa/v2_mscoco_train2014_annotations.json",
                 "vqa/v2_mscoco_val2014_annotations.json", "refcoco/refs(unc).p", "refcoco/instances.json"}
     assert expected <= set(first)
-    assert len([f for f in first if f.startswith("images/")]) == 14 + 2 + 3 + 4
+    assert len([f for f in first if f.startswith(("images/train2014/", "images/val2014/"))]) == 14 + 2 + 3 + 4
+    assert len([f for f in first if f.startswith("images/flickr30k/")]) == 24 + 8 + 8
     other = tmp_path / "other"
     synth.generate(small_params(seed=1), other)
     changed = [f for f in first if tree_digest(other).get(f) != first[f]]
@@ -454,3 +456,77 @@ def test_dvc_is_set_up_offline_and_data_raw_stays_out_of_git():
     if Path(".git").exists():  # a source tree without git (an sdist) has nothing to check
         ignored = subprocess.run(["git", "check-ignore", "-q", "data/raw/captions/dataset_coco.json"])
         assert ignored.returncode == 0, "data/raw must stay git-ignored (DVC tracks it)"
+
+
+# ------------------------------------------------------------------------------------------------------ SNLI-VE
+# the fields of the SNLI-VE jsonl files (those of SNLI 1.0 with the Flickr30k image id, spelt as in the release)
+SNLI_VE_FIELDS = {"Flikr30kID", "gold_label", "annotator_labels", "captionID", "pairID", "sentence1",
+                  "sentence1_binary_parse", "sentence1_parse", "sentence2", "sentence2_binary_parse",
+                  "sentence2_parse"}
+
+
+def scene_of(flickr_name: str):
+    """The generator's scene for an SNLI-VE image, re-drawn from its random stream (objects with boxes)."""
+    p = small_params()
+    image_id = int(flickr_name.removesuffix(".jpg"))
+    return synth_scene.make_scene(synth._rng(p, image_id, "scene"), p.image_size, p.min_objects, p.max_objects)
+
+
+def truth(hyp: str, objs) -> bool | None:
+    """Read a hypothesis independently: True/False when the scene decides it, None when it cannot."""
+    words = " ".join(re.sub(r"[^a-z ]", " ", hyp.lower()).split())
+    numbers = {w: i for i, w in enumerate(("zero", "one", "two", "three", "four", "five", "six"))}
+    m = re.fullmatch(r"there is an? (\w+) (\w+)", words)
+    if m:
+        return any((o.colour, o.shape) == m.groups() for o in objs)
+    m = re.fullmatch(r"there (?:is|are) (\w+) (?:shapes?|objects)", words)
+    if m:
+        return numbers[m.group(1)] == len(objs)
+    rels = {"left of": "left", "to the left of": "left", "on the left of": "left", "right of": "right",
+            "to the right of": "right", "on the right of": "right", "above": "above", "over": "above",
+            "below": "below", "under": "below", "beneath": "below"}
+    m = re.fullmatch(r"(an?|the) (\w+) (\w+) is (.+) (?:an?|the) (\w+) (\w+)", words)
+    if m:
+        det, c1, s1, rel, c2, s2 = m.groups()
+        d = rels[rel]
+
+        def clear(a, b):
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
+            return {"left": ax1 < bx0, "right": ax0 > bx1, "above": ay1 < by0, "below": ay0 > by1}[d]
+
+        As = [o for o in objs if (o.colour, o.shape) == (c1, s1)]
+        Bs = [o for o in objs if (o.colour, o.shape) == (c2, s2)]
+        if det == "the":
+            assert len(As) == len(Bs) == 1, words
+        if any(clear(a, b) for a in As for b in Bs):
+            return True
+        d = {"left": "right", "right": "left", "above": "below", "below": "above"}[d]
+        return False if all(clear(a, b) for a in As for b in Bs) else None  # clearly the other way round
+    if any(words.endswith(pred) for pred in synth_scene.NEUTRAL_PREDICATES):
+        return None
+    raise AssertionError(f"cannot read hypothesis {hyp!r}")
+
+
+def test_snli_ve_files_and_labels(raw):
+    expected = {"entailment": True, "contradiction": False, "neutral": None}
+    seen = Counter()
+    for split, n_images in (("train", 24), ("dev", 8), ("test", 8)):
+        lines = [json.loads(x) for x in (raw / "snli_ve" / f"snli_ve_{split}.jsonl").read_text().splitlines()]
+        assert len({x["Flikr30kID"] for x in lines}) == n_images
+        assert len({x["pairID"] for x in lines}) == len(lines) == 3 * n_images
+        for x in lines:
+            assert set(x) == SNLI_VE_FIELDS
+            assert (raw / "images" / "flickr30k" / x["Flikr30kID"]).is_file()
+            assert re.fullmatch(r"\d+\.jpg#[0-4]", x["captionID"]) and x["captionID"].startswith(x["Flikr30kID"])
+            assert x["pairID"] == f"{x['captionID']}r1{x['gold_label'][0]}"
+            labels = x["annotator_labels"]
+            assert len(labels) == (1 if split == "train" else 5)
+            assert labels.count(x["gold_label"]) >= (1 if split == "train" else 3)
+            assert x["sentence2_binary_parse"].replace("(", " ").replace(")", " ").split() == \
+                re.sub(r"[^a-z0-9 ]", " ", x["sentence2"].lower()).split()
+            assert x["sentence1_parse"].startswith("(ROOT (S ")
+            assert truth(x["sentence2"], scene_of(x["Flikr30kID"]).objects) is expected[x["gold_label"]], x
+            seen[x["gold_label"]] += 1
+    assert seen["entailment"] == seen["contradiction"] == seen["neutral"] == 24 + 8 + 8
+
+

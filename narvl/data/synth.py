@@ -9,6 +9,7 @@ empty), built under a temporary sibling name and renamed when complete:
   captions/captions_karpathy_{val,test}.json    COCO caption annotations (pycocotools.coco.COCO loads them)
   vqa/v2_OpenEnded_mscoco_{train2014,val2014}_questions.json, vqa/v2_mscoco_{train2014,val2014}_annotations.json
   refcoco/refs(unc).p, refcoco/instances.json   refer-toolkit referring expressions and COCO instances
+  images/flickr30k/<id>.jpg, snli_ve/snli_ve_{train,dev,test}.jsonl   SNLI-VE visual entailment
 
 The same parameters give the same bytes in every file (see docs/data-default.md).
 """
@@ -36,6 +37,7 @@ from narvl.data import synth_scene as ss
 log = logging.getLogger(__name__)
 
 REFS_FILE = "refs(unc).p"
+FLICKR_ID_BASE = 1_000_000_000  # SNLI-VE image ids (Flickr30k-like), apart from the COCO-style ids
 PICKLE_PROTOCOL = 2
 INFO = {
     "description": "narvl embedded default dataset: rendered scenes of coloured shapes",
@@ -243,6 +245,54 @@ def write_refcoco(p: SynthParams, records: list[ImageRecord], out: Path) -> dict
     return {"refcoco_images": len(images), "refs": len(refs), "ref_sentences": sent_id}
 
 
+def write_snli_ve(p: SynthParams, out: Path) -> dict[str, int]:
+    """SNLI-VE: Flickr30k-style images, each with a caption as premise and one hypothesis per label."""
+    folder = out / "images" / "flickr30k"
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    index = 0
+    for split, n_images in (("train", p.ve_train_images), ("dev", p.ve_dev_images), ("test", p.ve_test_images)):
+        lines = []
+        for _ in range(n_images):
+            flickr_id = FLICKR_ID_BASE + index
+            index += 1
+            scene = ss.make_scene(_rng(p, flickr_id, "scene"), p.image_size, p.min_objects, p.max_objects)
+            (folder / f"{flickr_id}.jpg").write_bytes(ss.render(scene, p.supersample, p.jpeg_quality))
+            rng = _rng(p, flickr_id, "snli-ve")
+            premise = _raw(rng, ss.captions(rng, scene, 1, p.max_caption_words)[0])
+            caption_number = rng.randrange(5)  # which of the image's five Flickr30k captions (as in captionID)
+            for label in ss.VE_LABELS:
+                text = next((h for h in (ss.hypothesis(rng, scene, label) for _ in range(20)) if h), None)
+                if text is None:
+                    continue
+                hyp = _raw(rng, text)
+                if split == "train":  # SNLI's training pairs carry one label, dev/test five (>= 3 agree)
+                    annotators = [label]
+                else:
+                    annotators, deviations = [], 0
+                    for _ in range(5):
+                        if deviations < 2 and rng.random() < p.answer_noise:
+                            deviations += 1
+                            annotators.append(rng.choice([x for x in ss.VE_LABELS if x != label]))
+                        else:
+                            annotators.append(label)
+                (p1_binary, p1_parse), (p2_binary, p2_parse) = ss.parses(premise), ss.parses(hyp)
+                caption_id = f"{flickr_id}.jpg#{caption_number}"
+                lines.append({
+                    "Flikr30kID": f"{flickr_id}.jpg", "gold_label": label, "annotator_labels": annotators,
+                    "captionID": caption_id, "pairID": f"{caption_id}r1{label[0]}",
+                    "sentence1": premise, "sentence1_binary_parse": p1_binary, "sentence1_parse": p1_parse,
+                    "sentence2": hyp, "sentence2_binary_parse": p2_binary, "sentence2_parse": p2_parse,
+                })
+        path = out / "snli_ve" / f"snli_ve_{split}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(json.dumps(line, sort_keys=True, ensure_ascii=False) + "\n")
+        counts[f"snli_ve_{split}_pairs"] = len(lines)
+    return counts
+
+
 def generate(p: SynthParams, out: str | Path) -> dict[str, int]:
     """Write the dataset to `out` (which must not exist, or be an empty folder). Returns counts."""
     out = Path(out)
@@ -257,6 +307,7 @@ def generate(p: SynthParams, out: str | Path) -> dict[str, int]:
         counts.update(write_captions(p, records, tmp))
         counts.update(write_vqa(p, records, tmp))
         counts.update(write_refcoco(p, records, tmp))
+        counts.update(write_snli_ve(p, tmp))
     return counts
 
 

@@ -574,3 +574,86 @@ def human_answers(rng: random.Random, q: Question, noise: float) -> list[tuple[s
             answers.append((q.answer, "yes" if rng.random() < 0.9 else "maybe"))
     return answers
 
+
+
+# --------------------------------------------------------------------------------------------- visual entailment
+VE_LABELS = ("entailment", "neutral", "contradiction")
+# statements no picture of shapes can confirm or refute (SNLI's "neutral": plausible, not shown)
+NEUTRAL_PREDICATES = ("is made of wood", "is made of paper", "is made of metal", "is heavy", "is moving",
+                      "is spinning", "was drawn by a child", "was cut out of cardboard", "is about to fall")
+
+
+def hypothesis(rng: random.Random, scene: Scene, label: str) -> str | None:
+    """A statement about the scene that the image entails, contradicts, or leaves open (SNLI-VE's three labels)."""
+    objs = scene.objects
+    n = len(objs)
+    present = {(o.colour, o.shape) for o in objs}
+    form = rng.randrange(3)
+    if label == "entailment":
+        if form == 0:
+            o = rng.choice(objs)
+            return f"there is {article(o.colour)} {o.colour} {o.shape}"
+        if form == 1:
+            return f"there are {NUMBER_WORDS[n]} {rng.choice(('shapes', 'objects'))}"
+        pairs = _clear_pairs(scene)
+        if not pairs:
+            return None
+        i, j, d = rng.choice(pairs)
+        a, b = (noun_phrase(rng, _attrs(objs[k], ("colour", "shape"))) for k in (i, j))
+        return f"{article(a)} {a} is {rng.choice(REL_PHRASES[d])} {article(b)} {b}"
+    if label == "contradiction":
+        if form == 0:
+            absent = [(c, s) for c in sorted(COLOURS) for s in SHAPES if (c, s) not in present]
+            c, s = rng.choice(absent)
+            return f"there is {article(c)} {c} {s}"
+        if form == 1:
+            m = rng.choice([k for k in range(1, 7) if k != n])
+            return f"there {'is' if m == 1 else 'are'} {NUMBER_WORDS[m]} {'shape' if m == 1 else 'shapes'}"
+        # a relation between two uniquely named objects, reversed
+        pairs = [(i, j, d) for i, j, d in _clear_pairs(scene)
+                 if resolve(scene, Desc(_attrs(objs[i], ("colour", "shape")))) == [i]
+                 and resolve(scene, Desc(_attrs(objs[j], ("colour", "shape")))) == [j]]
+        if not pairs:
+            return None
+        i, j, d = rng.choice(pairs)
+        a, b = (noun_phrase(rng, _attrs(objs[k], ("colour", "shape"))) for k in (i, j))
+        return f"the {a} is {rng.choice(REL_PHRASES[OPPOSITE[d]])} the {b}"
+    if label == "neutral":
+        t = rng.randrange(n)
+        p = _attribute_phrase(rng, scene, t)
+        subject = f"the {p}" if p is not None else f"one of the {rng.choice(('shapes', 'objects'))}"
+        return f"{subject} {rng.choice(NEUTRAL_PREDICATES)}"
+    raise ValueError(f"unknown label {label!r}")
+
+
+POS = {**{w: "DT" for w in ("a", "an", "the")}, **{w: "JJ" for w in (*COLOURS, "small", "little", "tiny", "big",
+                                                                     "large", "other", "left", "right", "heavy",
+                                                                     "top", "bottom", "upper", "lower", "dark",
+                                                                     "gray")},
+       **{w: "NN" for w in (*SHAPES, "object", "shape", "thing", "background", "image", "picture", "drawing",
+                            "wood", "paper", "metal", "child", "cardboard")},
+       **{w: "IN" for w in ("of", "on", "above", "over", "below", "under", "beneath", "with", "by", "including",
+                            "at", "to", "out")},
+       "there": "EX", "is": "VBZ", "are": "VBP", "was": "VBD", "made": "VBN", "drawn": "VBN", "cut": "VBN",
+       "moving": "VBG", "spinning": "VBG", "about": "IN", "fall": "VB", "and": "CC", "no": "DT"}
+
+
+def _tag(word: str) -> str:
+    if word in POS:
+        return POS[word]
+    if word in NUMBER_WORDS:
+        return "CD"
+    if word.endswith("s") and word[:-1] in POS and POS[word[:-1]] == "NN" or word.endswith("es"):
+        return "NNS"
+    return "NN"
+
+
+def parses(text: str) -> tuple[str, str]:
+    """(binary parse, parse) in SNLI's bracket notation, from a right-branching binarisation and a flat sentence
+    node with Penn Treebank tags over the closed synthetic vocabulary (not a linguistic parse)."""
+    words = tokenize(text)
+    binary = words[-1]
+    for w in reversed(words[:-1]):
+        binary = f"( {w} {binary} )"
+    flat = " ".join(f"({_tag(w)} {w})" for w in words)
+    return binary, f"(ROOT (S {flat}))"
