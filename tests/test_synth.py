@@ -229,6 +229,7 @@ def test_instances_load_with_pycocotools_and_polygons_match_boxes(raw):
 # ------------------------------------------------------------- an independent reading of the pixels and the words
 PALETTE = {"red": (215, 35, 35), "orange": (245, 140, 20), "yellow": (240, 220, 40), "green": (40, 170, 60),
            "blue": (40, 80, 225), "purple": (145, 55, 190), "white": (245, 245, 245)}
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 SIZE_WORDS = {"small": "small", "little": "small", "tiny": "small", "big": "large", "large": "large"}
 
 
@@ -301,17 +302,75 @@ def referents(sent: str, objs: list[dict]) -> tuple[list[dict], list[dict]]:
     return [o for o in objs if np_matches(m.groups(), o)], []
 
 
-def test_every_referring_expression_fits_exactly_its_target(raw):
-    refs = pickle.loads((raw / "refcoco" / "refs(unc).p").read_bytes())
+def all_seen_objects(raw: Path) -> dict[int, list[dict]]:
     instances = load_json(raw / "refcoco" / "instances.json")
+    return {im["id"]: seen_objects(raw, instances, im["id"]) for im in instances["images"]}
+
+
+def check_referring_expressions(raw: Path) -> Counter:
+    refs = pickle.loads((raw / "refcoco" / "refs(unc).p").read_bytes())
+    scenes = all_seen_objects(raw)
     forms = Counter()
     for r in refs:
-        objs = seen_objects(raw, instances, r["image_id"])
+        objs = scenes[r["image_id"]]
         for s in r["sentences"]:
             fits, maybe = referents(s["sent"], objs)
             assert [o["id"] for o in fits] == [r["ann_id"]] and not maybe, (r, s["sent"], objs)
             forms["relation" if " the " in s["sent"].removeprefix("the ") else "other"] += 1
+    return forms
+
+
+def test_every_referring_expression_fits_exactly_its_target(raw):
+    forms = check_referring_expressions(raw)
     assert forms["relation"] > 0 and forms["other"] > 0
+
+
+def check_vqa_answers(raw: Path) -> Counter:
+    """Answer every train2014 question independently (the words read against the pixels, as for referring
+    expressions; every train2014 image has its objects in refcoco/instances.json) and compare."""
+    scenes = all_seen_objects(raw)
+    questions = {q["question_id"]: q for q in
+                 load_json(raw / "vqa" / "v2_OpenEnded_mscoco_train2014_questions.json")["questions"]}
+    plural = {f"{s}es" if s.endswith("ss") else f"{s}s": s for s in SHAPES}
+    kinds = Counter()
+    for a in load_json(raw / "vqa" / "v2_mscoco_train2014_annotations.json")["annotations"]:
+        text = questions[a["question_id"]]["question"].removesuffix("?")
+        objs = scenes[a["image_id"]]
+
+        def the_one(desc: str) -> dict:
+            fits, maybe = referents(desc, objs)
+            assert len(fits) == 1 and not maybe, (text, objs)
+            return fits[0]
+
+        if m := re.fullmatch(r"what color is the (.+)", text):
+            answer, kind = the_one(m.group(1))["colour"], "colour"
+        elif m := re.fullmatch(r"what is the shape of the (.+)", text):
+            answer, kind = the_one(m.group(1))["shape"], "shape"
+        elif re.fullmatch(r"how many (shapes|objects) are there", text):
+            answer, kind = str(len(objs)), "count"
+        elif m := re.fullmatch(r"how many (\w+) are there", text):
+            answer, kind = str(sum(o["shape"] == plural[m.group(1)] for o in objs)), "count"
+        elif m := re.fullmatch(r"how many (\w+) (?:shapes|objects) are in the image", text):
+            answer, kind = str(sum(o["colour"] == m.group(1) for o in objs)), "count"
+        elif m := re.fullmatch(r"is there an? (\w+) (\w+)", text):
+            present = any((o["colour"], o["shape"]) == m.groups() for o in objs)
+            answer, kind = ("yes" if present else "no"), "exists"
+        elif m := re.fullmatch(rf"is the {NP} (.+) the {NP}", text):
+            x, y = the_one(" ".join(w for w in m.groups()[:3] if w)), the_one(" ".join(w for w in m.groups()[4:] if w))
+            d = next(d for rel, d in RELATIONS if re.fullmatch(rel, m.group(4)))
+            opposite = {"left": "right", "right": "left", "above": "below", "below": "above"}[d]
+            assert clearly(x, y, d) or clearly(x, y, opposite), text
+            answer, kind = ("yes" if clearly(x, y, d) else "no"), "relation"
+        else:
+            raise AssertionError(f"cannot read question {text!r}")
+        assert a["multiple_choice_answer"] == answer, (text, a, objs)
+        kinds[kind] += 1
+    return kinds
+
+
+def test_every_vqa_answer_is_right(raw):
+    kinds = check_vqa_answers(raw)
+    assert len(kinds) >= 4
 
 
 def test_boxes_lie_on_the_drawn_objects(raw):
@@ -372,6 +431,15 @@ def test_default_generation_matches_data_dvc(default_repo, monkeypatch):
         assert recorded.name == "md5" and recorded.value.endswith(".dir")
         assert fresh.value == recorded.value, "params/data.yaml or the generator changed: regenerate and `dvc commit`"
         assert out.meta.nfiles == len([p for p in (default_repo / "data" / "raw").rglob("*") if p.is_file()])
+
+
+def test_default_language_is_right_throughout(default_repo):
+    """The referring-expression and VQA checks above, over the whole default dataset."""
+    raw = default_repo / "data" / "raw"
+    forms = check_referring_expressions(raw)
+    assert sum(forms.values()) > 4000
+    kinds = check_vqa_answers(raw)
+    assert set(kinds) == {"colour", "shape", "count", "exists", "relation"} and sum(kinds.values()) == 2400
 
 
 def test_text_only_baseline_is_low_on_the_default(default_repo):
