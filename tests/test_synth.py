@@ -418,6 +418,7 @@ def default_repo(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_default_generation_matches_data_dvc(default_repo, monkeypatch):
     """What `narvl synth` writes from params/data.yaml is the version data.dvc records (hashed by DVC itself)."""
     from dvc.repo import Repo
@@ -433,6 +434,7 @@ def test_default_generation_matches_data_dvc(default_repo, monkeypatch):
         assert out.meta.nfiles == len([p for p in (default_repo / "data" / "raw").rglob("*") if p.is_file()])
 
 
+@pytest.mark.slow
 def test_default_language_is_right_throughout(default_repo):
     """The referring-expression and VQA checks above, over the whole default dataset."""
     raw = default_repo / "data" / "raw"
@@ -442,6 +444,7 @@ def test_default_language_is_right_throughout(default_repo):
     assert set(kinds) == {"colour", "shape", "count", "exists", "relation"} and sum(kinds.values()) == 2400
 
 
+@pytest.mark.slow
 def test_text_only_baseline_is_low_on_the_default(default_repo):
     result = synth.text_only_baseline(default_repo / "data" / "raw")
     assert result["questions"] == 3 * (40 + 100 + 100)  # val2014: restval, val and test images
