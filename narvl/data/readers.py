@@ -120,7 +120,7 @@ def read_karpathy(annotations: Path, images: Path) -> list[Record]:
             records.append(Record(source_id=f"cocoid={cocoid}", **base,
                                   fields=dict(prompt=CAPTION_PROMPT, target=texts[0][2],
                                               references=[raw for _, raw, _ in texts])))
-    records.sort(key=lambda r: (r.split, r.image_id, r.source_id))
+    records.sort(key=lambda r: (r.split, r.image_id))  # stable: captions stay in sentid order
     return records
 
 
