@@ -80,8 +80,10 @@ class TokenizerParams:
 class LoaderParams:
     num_workers: int
     shuffle_buffer: int
-    max_source_len: int  # text tokens fed to the encoder
+    max_source_len: int  # text tokens fed to the encoder, <bos> and <eos> included
     max_target_len: dict[str, int]
+    bench_micro_batch: int  # `narvl bench data`: batch size and timed batches per worker count
+    bench_batches: int
 
 
 @dataclass(frozen=True)
