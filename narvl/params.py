@@ -188,6 +188,9 @@ class ScoreParams:
     meteor: bool  # needs Java
     spice: bool  # needs Java and Stanford CoreNLP models (downloaded at first use): reported unavailable
     iou_threshold: float
+    # reference items without a prediction: "error" stops, "wrong" scores them as wrong and lists them
+    missing_predictions: Literal["error", "wrong"]
+    vqa_decimals: int  # VQA accuracies are rounded as the official vqaEval.py (n=2)
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
