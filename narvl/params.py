@@ -85,8 +85,10 @@ class TokenizerParams:
 class LoaderParams:
     num_workers: int
     shuffle_buffer: int
-    max_source_len: int  # text tokens fed to the encoder
+    max_source_len: int  # text tokens fed to the encoder, <bos> and <eos> included
     max_target_len: dict[str, int]
+    bench_micro_batch: int  # `narvl bench data`: batch size and timed batches per worker count
+    bench_batches: int
 
 
 @dataclass(frozen=True)
@@ -111,22 +113,23 @@ class ArchParams:
     resnet_block: Literal["basic", "bottleneck"]
     resnet_layers: list[int]  # blocks in stages 1-3 (cut after stage 3)
     resnet_width: int  # channels after the stem
+    image_grid: int  # rows/columns of the 2-D patch position table (image side / 16; OFA's 42 covers 672 px)
     max_source_len: int
     max_target_len: int
 
 
 PRESETS: dict[str, ArchParams] = {
     "cpu": ArchParams(d_model=64, heads=4, encoder_layers=2, decoder_layers=2, ffn_dim=256, dropout=0.1,
-                      resnet_block="basic", resnet_layers=[1, 1, 1], resnet_width=16,
+                      resnet_block="basic", resnet_layers=[1, 1, 1], resnet_width=16, image_grid=42,
                       max_source_len=128, max_target_len=32),
     "tiny": ArchParams(d_model=256, heads=4, encoder_layers=4, decoder_layers=4, ffn_dim=1024, dropout=0.1,
-                       resnet_block="bottleneck", resnet_layers=[3, 4, 6], resnet_width=64,
+                       resnet_block="bottleneck", resnet_layers=[3, 4, 6], resnet_width=64, image_grid=42,
                        max_source_len=256, max_target_len=256),
     "base": ArchParams(d_model=768, heads=12, encoder_layers=6, decoder_layers=6, ffn_dim=3072, dropout=0.1,
-                       resnet_block="bottleneck", resnet_layers=[3, 4, 23], resnet_width=64,
+                       resnet_block="bottleneck", resnet_layers=[3, 4, 23], resnet_width=64, image_grid=42,
                        max_source_len=1024, max_target_len=1024),
     "large": ArchParams(d_model=1024, heads=16, encoder_layers=12, decoder_layers=12, ffn_dim=4096, dropout=0.1,
-                        resnet_block="bottleneck", resnet_layers=[3, 8, 36], resnet_width=64,
+                        resnet_block="bottleneck", resnet_layers=[3, 8, 36], resnet_width=64, image_grid=42,
                         max_source_len=1024, max_target_len=1024),
 }
 
@@ -190,6 +193,9 @@ class ScoreParams:
     meteor: bool  # needs Java
     spice: bool  # needs Java and Stanford CoreNLP models (downloaded at first use): reported unavailable
     iou_threshold: float
+    # reference items without a prediction: "error" stops, "wrong" scores them as wrong and lists them
+    missing_predictions: Literal["error", "wrong"]
+    vqa_decimals: int  # VQA accuracies are rounded as the official vqaEval.py (n=2)
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
