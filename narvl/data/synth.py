@@ -313,32 +313,13 @@ def generate(p: SynthParams, out: str | Path) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------ text-only baseline
-_NUMBERS = {w: str(i) for i, w in enumerate(ss.NUMBER_WORDS)} | {"none": "0"}
-
-
-def normalize_answer(answer: str) -> str:
-    """The official VQA normalisation restricted to what synthetic answers contain: case, number words, articles."""
-    words = answer.replace("\n", " ").replace("\t", " ").strip().lower().split()
-    return " ".join(_NUMBERS.get(w, w) for w in words if w not in ("a", "an", "the"))
-
-
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """The official VQA accuracy of one prediction: mean over the 10 leave-one-out subsets of min(#matches / 3, 1)."""
-    gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
-    pred = prediction.replace("\n", " ").replace("\t", " ").strip()
-    if len(set(gts)) > 1:
-        gts = [normalize_answer(a) for a in gts]
-        pred = normalize_answer(pred)
-    accs = []
-    for i in range(len(gts)):
-        matches = sum(1 for j, a in enumerate(gts) if j != i and a == pred)
-        accs.append(min(1.0, matches / 3))
-    return sum(accs) / len(accs)
-
-
 def text_only_baseline(raw_dir: str | Path) -> dict[str, Any]:
     """VQA accuracy (in [0, 1]) on val2014 of answering every question with the most common training answer of
-    its question type: what a model that ignores the image can reach from the question type alone."""
+    its question type: what a model that ignores the image can reach from the question type alone. Scored with
+    the official per-question accuracy (`narvl.eval.vqa.question_accuracy`: min(#humans/3, 1) over the ten
+    leave-one-out subsets, after the official answer normalisation)."""
+    from narvl.eval.vqa import question_accuracy
+
     vqa = Path(raw_dir) / "vqa"
     train = json.loads((vqa / "v2_mscoco_train2014_annotations.json").read_text())["annotations"]
     val = json.loads((vqa / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
@@ -351,7 +332,7 @@ def text_only_baseline(raw_dir: str | Path) -> dict[str, Any]:
     scores = []
     for a in val:
         pred = majority.get(a["question_type"], overall)
-        acc = vqa_accuracy(pred, [x["answer"] for x in a["answers"]])
+        acc = question_accuracy(pred, [x["answer"] for x in a["answers"]])
         scores.append(acc)
         per_type.setdefault(a["answer_type"], []).append(acc)
     return {
