@@ -591,3 +591,34 @@ def test_snli_ve_files_and_labels(raw):
     assert seen["entailment"] == seen["contradiction"] == seen["neutral"] == 24 + 8 + 8
 
 
+
+
+# ------------------------------------------------------------------------------------ the readers take it as is
+def test_the_shard_readers_take_every_file_without_skipping(raw, tmp_path):
+    """The contract with `narvl shard` (docs/design.md): every caption, question and sentence becomes a sample."""
+    images = str(raw / "images")
+    vqa = raw / "vqa"
+    runs = {
+        "caption": ["--format", "karpathy", "--annotations", str(raw / "captions" / "dataset_coco.json")],
+        "vqa": ["--format", "vqav2",
+                "--questions", *(str(vqa / f"v2_OpenEnded_mscoco_{s}_questions.json") for s in ("train2014", "val2014")),
+                "--annotations", *(str(vqa / f"v2_mscoco_{s}_annotations.json") for s in ("train2014", "val2014"))],
+        "grounding": ["--format", "refer", "--refs", str(raw / "refcoco" / "refs(unc).p"),
+                      "--instances", str(raw / "refcoco" / "instances.json")],
+    }
+    refs = pickle.loads((raw / "refcoco" / "refs(unc).p").read_bytes())
+    sentences = Counter()
+    for r in refs:
+        sentences[r["split"]] += len(r["sentences"])
+    expected = {
+        "caption": {"train": (14 + 2) * 5, "val": 3, "test": 4},  # evaluation: one sample per image
+        "vqa": {"train": 14 * 3, "val": (2 + 3 + 4) * 3},
+        "grounding": dict(sentences),
+    }
+    for task, args in runs.items():
+        out = tmp_path / task
+        assert cli_main(["shard", "--params", "params/data.yaml", "--task", task, *args, "--images", images,
+                         "--out", str(out)]) == 0
+        sizes = load_json(out / "sizes.json")
+        assert {split: v["samples"] for split, v in sizes.items()} == expected[task]
+        assert all(v["skipped"] == 0 for v in sizes.values())
