@@ -183,6 +183,9 @@ class TrainParams:
     val_split: dict[str, str]  # per task: the split validated on during training
     # knowledge distillation: NAR students trained on AR-teacher outputs for these tasks
     distill_tasks: list[str]
+    # `narvl bench train`: steps per measurement and the process counts compared (micro_batch per process fixed)
+    bench_steps: int
+    bench_nprocs: list[int]
 
 
 # ------------------------------------------------------------------------------------------------------- decode

@@ -227,3 +227,54 @@ def test_ar_zero2_bf16_trains_and_exports_fp32_master_weights(ar_zero2_bf16):
     # the gathered fp32 masters round to the bf16 weights the engine trained with, and carry more precision
     assert all(torch.equal(exported[k].to(module[k].dtype), module[k]) for k in module)
     assert any(not torch.equal(exported[k], module[k].float()) for k in module if module[k].is_floating_point())
+
+
+def test_distill_rewrites_train_targets_with_the_teacher_and_keeps_the_rest(tiny, ar_zero2_bf16):
+    import tarfile
+
+    from narvl.data.loader import eval_loader
+    from narvl.data.tokenizer import Tokenizer
+    from narvl.model import load
+    from narvl.params import load as load_params
+    from narvl.train.main import check_shards
+
+    teacher = ar_zero2_bf16 / "model.pt"
+    out = tiny["dir"] / "shards-kd"
+    assert cli_main(["distill", "--params", str(tiny["params"]), "--model", str(teacher), "--shards",
+                     str(tiny["shards"]), "--tokenizer", str(tiny["tokenizer"]), "--out", str(out)]) == 0
+    src = tiny["shards"]
+    assert json.loads((out / "sizes.json").read_text()) == json.loads((src / "sizes.json").read_text())
+    for name in ("caption-val-000000.tar", "caption-test-000000.tar"):  # evaluation splits unchanged
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+    check_shards(out, "caption", ["train", "val"])  # a NAR student can train on it
+
+    def members(path):
+        with tarfile.open(path) as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar}
+
+    new, old = {}, {}
+    for name in json.loads((src / "sizes.json").read_text())["train"]["shards"]:
+        new.update(members(out / name))
+        old.update(members(src / name))
+    assert new.keys() == old.keys() and len(new) == 2 * 64
+    for name in old:
+        if name.endswith(".jpg"):
+            assert new[name] == old[name]
+        else:
+            a, b = json.loads(old[name]), json.loads(new[name])
+            assert b["original_target"] == a["target"]
+            assert {k: v for k, v in b.items() if k not in ("target", "original_target")} == {
+                k: v for k, v in a.items() if k != "target"}
+
+    # the teacher's beam search, run here independently on the first samples
+    model, _ = load(teacher)
+    tok = Tokenizer.load(tiny["tokenizer"])
+    decode = load_params(tiny["params"] / "decode.yaml")
+    data = load_params(tiny["params"] / "data.yaml")
+    batch = next(iter(eval_loader(src, "train", tok, data, "caption", 8, 0, 1)))
+    hyps = model.generate(batch["images"], batch["src_tokens"], batch["src_mask"], max_len=decode.max_len["caption"],
+                          beam_size=decode.beam_size, length_penalty=decode.length_penalty)
+    for meta, ids in zip(batch["meta"], hyps):
+        assert json.loads(new[f"{meta['id']}.json"])["target"] == tok.decode(ids)
+    info = json.loads((out / "distill.json").read_text())
+    assert info["train_samples"] == 64 and info["distinct_inputs"] == 64 and info["beam_size"] == 3

@@ -35,7 +35,8 @@ def fp32_state_dict(tag_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     if list(tag_dir.glob("*_optim_states.pt")):  # ZeRO 1-3: partitioned fp32 masters
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)

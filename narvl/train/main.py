@@ -201,6 +201,19 @@ def main(args: argparse.Namespace) -> int:
     return run(setup)
 
 
+def use_private_extensions_dir(accelerator: str) -> None:
+    """Select DeepSpeed's accelerator and give narvl its own cache of compiled DeepSpeed ops.
+
+    DeepSpeed compiles its shared-memory op at first start into TORCH_EXTENSIONS_DIR; processes that build it with
+    other flags (another accelerator setting) into the same folder rebuild it in turn and make each other wait
+    minutes. Unless TORCH_EXTENSIONS_DIR is set, narvl uses ~/.cache/torch_extensions/narvl-<accelerator>.
+    """
+    if accelerator == "cpu":
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR",
+                          str(Path.home() / ".cache" / "torch_extensions" / f"narvl-{accelerator}"))
+
+
 def run(setup: Setup) -> int:
     if os.environ.get(launch.SELF_LAUNCHED):
         launch.die_with_parent()
@@ -208,8 +221,7 @@ def run(setup: Setup) -> int:
     import torch
 
     cuda = torch.cuda.is_available()
-    if not cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    use_private_extensions_dir("cuda" if cuda else "cpu")
     import deepspeed
     import torch.distributed as dist
     from deepspeed.utils import logger as ds_logger
