@@ -424,7 +424,7 @@ class Trainer:
                         writer.add_scalar("train/grad_norm", float(grad_norm), step)
                     writer.flush()
                 bar.set_postfix(loss=f"{terms.get('loss', math.nan):.4f}", lr=f"{lr:.2e}",
-                                sps=f"{samples_per_s:.1f}")
+                                sps=f"{samples_per_s:.1f}", refresh=False)
                 window_compute_s, window_steps = 0.0, 0
             if train.val_every and step % train.val_every == 0 and step < total:
                 run_validation(step)
