@@ -142,10 +142,20 @@ def test_beam_search_is_exact_when_nothing_is_pruned():
     images, src, mask = inputs(b=2, seed=6)
     out = m.generate(images, src, mask, max_len=2, beam_size=V, length_penalty=1.0)
     allowed = [t for t in range(V) if t not in (SPECIAL["pad"], SPECIAL["bos"], SPECIAL["blank"], SPECIAL["eos"])]
+    eos = SPECIAL["eos"]
     for i in range(2):
-        candidates = [[]] + [[t] for t in allowed]
-        scores = teacher_forced_scores(m, images, src, mask, [(i, c) for c in candidates], 1.0)
-        assert out[i] == candidates[max(range(len(candidates)), key=scores.__getitem__)]
+        prev = torch.tensor([[SPECIAL["bos"], t] for t in allowed])  # every one-token output at once
+        n = len(allowed)
+        with torch.no_grad():
+            lp = m(images[i:i + 1].expand(n, -1, -1, -1), src[i:i + 1].expand(n, -1), mask[i:i + 1].expand(n, -1),
+                   prev).float().log_softmax(-1)  # (n, 2, V)
+        scores = {(): lp[0, 0, eos].item()}  # the empty output: EOS first, length 1
+        for j, t in enumerate(allowed):
+            scores[(t,)] = (lp[j, 0, t] + lp[j, 1, eos]).item() / 2
+        assert tuple(out[i]) == max(scores, key=scores.get)
+        # the independent per-sequence scorer agrees on the winner's score
+        assert teacher_forced_scores(m, images, src, mask, [(i, out[i])], 1.0)[0] == pytest.approx(
+            scores[tuple(out[i])], rel=1e-4)
 
 
 def test_beam_of_one_is_greedy_and_items_are_independent():

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", help="only these tasks (default: all the mode provides)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: the CPU, and the GPU when one is available")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (default 0: torch's own choice); 1 is steadier on a busy machine")
     parser.add_argument("--out", required=True, type=Path, help="JSON output")
 
 
@@ -202,6 +204,8 @@ def main(args: argparse.Namespace) -> int:
     from narvl.io import write_json
     from narvl.model import count_parameters
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     prm = {stage: params.load(args.params / f"{stage}.yaml", stage) for stage in ("model", "data", "decode",
                                                                                   "pipeline")}
     setups = _preset_setups(args, prm) if args.preset else _model_setups(args, prm)
