@@ -37,19 +37,25 @@ Kind = Literal["ar", "nar"]
 # --------------------------------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class SynthParams:
-    """The embedded default dataset (`narvl synth`)."""
+    """The embedded default dataset (`narvl synth`; docs/data-default.md)."""
 
     seed: int
     image_size: int  # rendered scenes are square, in pixels
+    supersample: int  # drawn at this multiple of image_size, then downsampled (anti-aliasing)
     min_objects: int
     max_objects: int
-    # number of images per split; RefCOCO's testA/testB split the test images
+    # images per Karpathy split: train in train2014/, restval, val and test in val2014/ (VQA train2014 / val2014).
+    # RefCOCO uses the train2014 images: the last val_images of them + test_images (half testA, half testB) are its
+    # evaluation splits, the rest its train split.
     train_images: int
+    restval_images: int
     val_images: int
     test_images: int
     captions_per_image: int
     questions_per_image: int
     refs_per_image: int
+    sentences_per_ref: int
+    answer_noise: float  # chance that one of the 10 human answers deviates (synonym or mistake; at most 4 do)
     jpeg_quality: int
 
 
@@ -74,8 +80,10 @@ class TokenizerParams:
 class LoaderParams:
     num_workers: int
     shuffle_buffer: int
-    max_source_len: int  # text tokens fed to the encoder
+    max_source_len: int  # text tokens fed to the encoder, <bos> and <eos> included
     max_target_len: dict[str, int]
+    bench_micro_batch: int  # `narvl bench data`: batch size and timed batches per worker count
+    bench_batches: int
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,9 @@ class ScoreParams:
     meteor: bool  # needs Java
     spice: bool  # needs Java and Stanford CoreNLP models (downloaded at first use): reported unavailable
     iou_threshold: float
+    # reference items without a prediction: "error" stops, "wrong" scores them as wrong and lists them
+    missing_predictions: Literal["error", "wrong"]
+    vqa_decimals: int  # VQA accuracies are rounded as the official vqaEval.py (n=2)
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
