@@ -33,14 +33,24 @@ def test_preset_mode_writes_latencies_and_ratios(tmp_path, capsys):
     assert bench.main(args) == 0
     result = read_json(out)
     assert result["mode"] == "preset" and result["arch"]["d_model"] == 64
-    rows = result["results"]
-    assert [(r["task"], r["batch"]) for r in rows] == [("grounding", 1), ("grounding", 2)]
-    for r in rows:
-        assert set(r["ms"]) == set(bench.METHODS) and all(v > 0 for v in r["ms"].values())
-        assert r["ratios"]["ar_greedy_over_nar_greedy"] == r["ms"]["ar_greedy"] / r["ms"]["nar_greedy"]
-        assert r["ar_forced_length"] and r["paper_speedup"] == bench.PAPER_SPEEDUP[r["task"]]
-    assert rows[0]["num_queries"] == 5 and rows[0]["image_size"] == 48 and rows[0]["ar_max_len"] == 5
+    records = result["results"]
+    names = {("encoder", "none"), ("nar", "greedy"), ("nar", "beam"), ("ar", "greedy"), ("ar", "beam")}
+    for b in (1, 2):
+        rows = {(r["model"], r["decoder"]): r for r in records if r["batch_size"] == b}
+        assert set(rows) == names
+        for r in rows.values():
+            assert r["task"] == "grounding" and r["device"] == "cpu" and r["ms"] > 0
+            assert r["ms_per_sample"] == r["ms"] / b and r["ms"] <= r["ms_median"]
+            assert r["ar_forced_length"] and r["num_queries"] == 5 and r["image_size"] == 48
+        (ratio,) = [r for r in result["ratios"] if r["batch_size"] == b]
+        assert ratio["ar_greedy_over_nar_greedy"] == rows[("ar", "greedy")]["ms"] / rows[("nar", "greedy")]["ms"]
+        assert ratio["nar_greedy_over_encoder"] == rows[("nar", "greedy")]["ms"] / rows[("encoder", "none")]["ms"]
+        assert ratio["paper_speedup"] == bench.PAPER_SPEEDUP["grounding"]
     assert "nar_g/enc" in capsys.readouterr().out
+    # the report reads these records
+    from narvl.report.inputs import load_bench
+
+    assert len(load_bench(out)) == len(records)
 
 
 def test_forced_length_generation_in_preset_setup(tmp_path):
@@ -55,9 +65,63 @@ def test_forced_length_generation_in_preset_setup(tmp_path):
 
     prm = {s: params.load(args.params / f"{s}.yaml", s) for s in ("model", "data", "decode", "pipeline")}
     (setup,) = bench._preset_setups(args, prm)
-    nar, ar = setup["nar"], setup["ar"]
+    nar, ar = setup["nars"]["nar"], setup["ar"]
     for (k1, v1), (k2, v2) in zip(nar.encoder.state_dict().items(), ar.encoder.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2)
     images, src, mask = setup["inputs"](2)
     out = ar.generate(images, src, mask, setup["ar_max_len"], 2, 1.0, min_len=setup["ar_min_len"])
     assert [len(r) for r in out] == [2, 2]
+
+
+def test_models_mode_reads_eval_shards_and_names_models_by_folder(tmp_path):
+    """Model files (ar, nar, nar-kd) of one task + caption shards made by the data stage's own writer."""
+    import dataclasses
+
+    from narvl import model as narvl_model
+    from narvl import params
+    from narvl.data.readers import read_ofa_tsv
+    from narvl.data.shard import write_shards
+    from narvl.data.tokenizer import Tokenizer
+    from tests.fixtures.data import make
+
+    prm_dir = tmp_path / "params"
+    shutil.copytree(Path(__file__).parents[1] / "params", prm_dir)
+    decode = yaml.safe_load((prm_dir / "decode.yaml").read_text())
+    decode["decode"].update(bench_batch_sizes=[1, 3], bench_repeats=1, beam_size=2)
+    (prm_dir / "decode.yaml").write_text(yaml.safe_dump(decode))
+    pipe = yaml.safe_load((prm_dir / "pipeline.yaml").read_text())
+    pipe["pipeline"]["eval_splits"]["caption"] = ["val"]
+    (prm_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipe))
+
+    rows = [[str(i), str(i), f"a box number {i}", "", make.b64(make.jpeg_bytes(i, (60, 40)))] for i in range(2)]
+    tsv = make.ofa_tsv(tmp_path / "caption.tsv", rows)
+    shards = tmp_path / "shards"
+    write_shards(read_ofa_tsv("caption", "val", tsv), "caption", params.load(prm_dir / "data.yaml"),
+                 shards / "caption")
+    tok = Tokenizer.train([r[2] for r in rows] + ["what does the image describe?"], vocab_size=60, num_bins=10,
+                          lowercase=True)
+    tok.save(shards / "tokenizer.json")
+    special = {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id, "unk": tok.unk_id, "blank": tok.blank_id}
+    arch = dataclasses.replace(params.PRESETS["cpu"], d_model=32, heads=2, ffn_dim=64, resnet_width=8)
+    paths = []
+    for folder, kind in (("caption-ar", "ar"), ("caption-nar", "nar"), ("caption-nar-kd", "nar")):
+        m = narvl_model.build_model(kind, arch, tok.vocab_size, 20, special)
+        paths.append(tmp_path / "runs" / folder / "model.pt")
+        narvl_model.save(paths[-1], m, {"task": "caption", "tokenizer": "tokenizer.json", "step": 0})
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "decode.json"
+    args = parser.parse_args(["--params", str(prm_dir), "--models", *map(str, paths), "--shards", str(shards),
+                              "--device", "cpu", "--out", str(out)])
+    assert bench.main(args) == 0
+    result = read_json(out)
+    assert result["mode"] == "models" and result["splits"] == {"caption": "val"}
+    assert set(result["models"]["caption"]) == {"ar", "nar", "nar-kd"}
+    keys = {(r["model"], r["decoder"], r["batch_size"]) for r in result["results"]}
+    assert keys == {(m, d, b) for b in (1, 3) for m, d in [("encoder", "none"), ("nar", "greedy"), ("nar", "beam"),
+                                                            ("nar-kd", "greedy"), ("nar-kd", "beam"),
+                                                            ("ar", "greedy"), ("ar", "beam")]}
+    assert all(not r["ar_forced_length"] and r["image_size"] == 96 for r in result["results"])
+    assert {(r["nar_model"], r["batch_size"]) for r in result["ratios"]} == {(m, b) for m in ("nar", "nar-kd")
+                                                                            for b in (1, 3)}
