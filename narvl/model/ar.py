@@ -35,7 +35,7 @@ class ARModel(nn.Module):
     def decode(self, prev_tokens: Tensor, memory: Tensor, memory_padding: Tensor, offset: int = 0,
                caches: list[dict[str, Tensor]] | None = None) -> Tensor:  # (B, L) -> logits (B, L, V)
         emb = self.encoder.embed_tokens
-        return self.decoder(emb(prev_tokens), memory, memory_padding, emb.weight, causal=True, offset=offset,
+        return self.decoder(emb(prev_tokens), memory, memory_padding, emb, causal=True, offset=offset,
                             caches=caches)
 
     def forward(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor, prev_tokens: Tensor) -> Tensor:
