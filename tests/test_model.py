@@ -271,3 +271,34 @@ def test_inference_modules_do_not_import_train_data_or_eval(module):
     found = narvl_imports(module, root)
     assert "narvl.model.encoder" in found or module != "narvl.model"
     assert not [m for m in found if m.split(".")[:2] in (["narvl", "train"], ["narvl", "data"], ["narvl", "eval"])]
+
+
+def test_qctc_teaches_the_nar_model_its_targets():
+    """A few optimiser steps of Q-CTC (label smoothing 0.1) on 3 fixed inputs: greedy CTC decoding then returns
+    each target, including a repeated token (which needs a blank slot between its copies)."""
+    import torch.nn.functional as F
+
+    from narvl.decode.ctc import greedy_decode
+    from narvl.loss.qctc import qctc_loss
+
+    torch.manual_seed(0)
+    arch = dataclasses.replace(TINY, encoder_layers=1, decoder_layers=1)
+    m = build_model("nar", arch, 30, 6, SPECIAL)
+    images = torch.randn(3, 3, 16, 16)
+    src, mask = torch.tensor([[5, 6], [7, 8], [9, 10]]), torch.zeros(3, 2, dtype=torch.bool)
+    targets = [[7, 8, 9], [9, 9], [12, 5, 6, 7]]
+    tgt = torch.tensor([t + [0] * (4 - len(t)) for t in targets])
+    lengths = torch.tensor([len(t) for t in targets])
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss, stats = qctc_loss(F.log_softmax(m(images, src, mask).float(), -1), tgt, lengths,
+                                SPECIAL["blank"], 0.1)
+        first = first if first is not None else stats["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert stats["loss"] < first / 3
+    m.eval()
+    with torch.no_grad():
+        assert greedy_decode(F.log_softmax(m(images, src, mask), -1), SPECIAL["blank"]) == targets
