@@ -61,6 +61,10 @@ def training_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path:
 
 
 def latency_vs_batch(bench: list[dict], path: Path) -> Path | None:
+    from narvl.report.tables import bench_device
+
+    device = bench_device(bench)
+    bench = [r for r in bench if r["device"] == device and "derived_from" not in r]  # NAR + KD = NAR timing
     tasks = [t for t in ("caption", "vqa", "grounding") if any(r["task"] == t for r in bench)]
     if not tasks:
         log.warning("the decoding benchmark has no records: %s not written", path)
@@ -75,6 +79,10 @@ def latency_vs_batch(bench: list[dict], path: Path) -> Path | None:
                     xs, ys = zip(*pts)
                     ax.plot(xs, ys, STYLES[decoder], marker=MARKERS[decoder], color=COLORS[model],
                             label=f"{MODEL_LABEL[model]} {decoder}")
+        enc = sorted((r["batch_size"], r["ms_per_sample"]) for r in bench if r["task"] == task and r["model"] == "encoder")
+        if enc:
+            xs, ys = zip(*enc)
+            ax.plot(xs, ys, ":", color="gray", label="encoder alone")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         _plain_log_axis(ax.xaxis, [r["batch_size"] for r in bench if r["task"] == task])
@@ -83,14 +91,16 @@ def latency_vs_batch(bench: list[dict], path: Path) -> Path | None:
         ax.set_ylabel("ms per sample")
         ax.set_title(task)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle("Decoding latency against batch size")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=5, fontsize=8)
+    fig.suptitle(f"Decoding latency against batch size ({device}; NAR + KD has the NAR timing)")
     return _save(fig, path)
 
 
 def quality_vs_speed(cells: list[Cell], bench: list[dict], path: Path) -> Path | None:
-    from narvl.report.tables import latency
+    from narvl.report.tables import bench_device, latency
 
+    tables_device = bench_device(bench)
     panels = []
     for task in ("caption", "vqa", "grounding"):
         b, lat = latency(bench, task)
@@ -114,7 +124,7 @@ def quality_vs_speed(cells: list[Cell], bench: list[dict], path: Path) -> Path |
                        label=f"{MODEL_LABEL[model]} {decoder}")
         ax.set_xscale("log")
         _plain_log_axis(ax.xaxis)
-        ax.set_xlabel(f"samples/s (batch {b})")
+        ax.set_xlabel(f"samples/s (batch {b}, {tables_device})")
         ax.set_ylabel(f"{HEADLINE[task]}{' x100' if task == 'caption' else ' (%)'} ({split})")
         ax.set_title(task)
         ax.grid(alpha=0.3)

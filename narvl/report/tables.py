@@ -58,9 +58,16 @@ def _split_order(task: str, splits: set[str]) -> list[str]:
     return [s for s in preferred if s in splits] + sorted(splits - set(preferred))
 
 
+def bench_device(bench: list[dict]) -> str | None:
+    """The device the tables use: the GPU when the benchmark has one (the paper's setting), else the CPU."""
+    devices = {r["device"] for r in bench}
+    return "cuda" if "cuda" in devices else ("cpu" if "cpu" in devices else next(iter(sorted(devices)), None))
+
+
 def latency(bench: list[dict], task: str) -> tuple[int | None, dict[tuple[str, str], float]]:
     """(batch size shown, {(model, decoder): ms per sample}) at the task's smallest benchmarked batch size."""
-    recs = [r for r in bench if r["task"] == task and r["decoder"] in DECODERS]
+    device = bench_device(bench)
+    recs = [r for r in bench if r["task"] == task and r["decoder"] in DECODERS and r["device"] == device]
     if not recs:
         return None, {}
     b = min(r["batch_size"] for r in recs)
@@ -76,8 +83,9 @@ class Table:
     values: list[dict[str, Any]]  # tidy exact values for the CSV
 
 
-def build(cells: list[Cell], bench: list[dict]) -> list[Table]:
+def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models") -> list[Table]:
     tables = []
+    device = bench_device(bench)
     for task in ("caption", "vqa", "grounding"):
         task_cells = {(c.split, c.model, c.decoder): c for c in cells if c.task == task}
         b, lat = latency(bench, task)
@@ -87,7 +95,7 @@ def build(cells: list[Cell], bench: list[dict]) -> list[Table]:
         cols = task_columns(task, splits)
         header = ["model", "decoder"] + [c.label for c in cols]
         if b is not None:
-            header += [f"ms/sample (batch {b})", "speed-up"]
+            header += [f"ms/sample ({device}, batch {b})", "speed-up"]
         rows, notes, values = [], [], []
         for model in MODELS:
             for decoder in DECODERS:
@@ -125,14 +133,20 @@ def build(cells: list[Cell], bench: list[dict]) -> list[Table]:
                     row.append("–" if speedup is None else f"{speedup:.2f}×")
                     if ms is not None:
                         values.append({"task": task, "split": "", "model": model, "decoder": decoder,
-                                       "quantity": f"ms_per_sample@batch{b}", "value": ms, "source": "bench"})
+                                       "quantity": f"ms_per_sample@{device},batch{b}", "value": ms,
+                                       "source": "bench"})
                     if speedup is not None:
                         values.append({"task": task, "split": "", "model": model, "decoder": decoder,
-                                       "quantity": f"speedup_vs_ar@batch{b}", "value": speedup, "source": "bench"})
+                                       "quantity": f"speedup_vs_ar@{device},batch{b}", "value": speedup,
+                                       "source": "bench"})
                 rows.append(row)
         scale = {"caption": "scores x100", "vqa": "accuracy in %", "grounding": "Acc@0.5 in %"}[task]
-        notes.insert(0, f"{scale}; splits: {', '.join(splits) or 'none scored'}; speed-up = AR latency / latency, "
-                        "same decoder and batch size.")
+        timing = ("" if b is None else
+                  " Latency: `narvl bench decode` (fastest repetition / batch size); NAR + KD reuses the NAR timing "
+                  "(same architecture and decoder); speed-up = AR latency / latency, same decoder and batch size."
+                  + (" Timed with randomly initialised models at a fixed output length (--preset)."
+                     if bench_mode == "preset" else ""))
+        notes.insert(0, f"{scale}; splits: {', '.join(splits) or 'none scored'}.{timing}")
         tables.append(Table(task, header, rows, notes, values))
     return tables
 
