@@ -133,6 +133,11 @@ def quality_vs_speed(cells: list[Cell], bench: list[dict], path: Path) -> Path |
     return _save(fig, path)
 
 
+def _printable(text: str) -> str:
+    """Control characters (undecodable byte tokens of an untrained model) shown as U+FFFD instead of missing glyphs."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
+
+
 def _pick(preds: dict, task: str, split: str, model: str) -> Path | None:
     for decoder in DECODERS:
         if (task, split, model, decoder) in preds:
@@ -180,7 +185,8 @@ def gallery(preds: dict, shards: Path | None, path: Path, per_task: int) -> Path
         log.warning("no predictions with matching shards: %s not written", path)
         return None
     ncols = max(len(s) for _, _, s, _ in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.6 * ncols, 3.9 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.6 * ncols, 4.3 * len(rows)), squeeze=False,
+                             layout="constrained")
     for r, (task, split, samples, indexes) in enumerate(rows):
         for c in range(ncols):
             ax = axes[r][c]
@@ -217,14 +223,14 @@ def gallery(preds: dict, shards: Path | None, path: Path, per_task: int) -> Path
             else:
                 for m, index in indexes.items():
                     pred = _lookup(task, index, meta)
-                    lines.append(f"{MODEL_LABEL[m]}: {pred if pred is not None else '(no prediction)'}")
-            text = "\n".join(textwrap.fill(line, 38) for line in lines)
+                    shown = "(no prediction)" if pred is None else (pred if pred.strip() else "(empty)")
+                    lines.append(f"{MODEL_LABEL[m]}: {shown}")
+            text = "\n".join(textwrap.fill(_printable(line), 38) for line in lines)
             ax.set_title(text, fontsize=7, loc="left")
         axes[r][0].text(-0.08, 0.5, f"{task} ({split})", transform=axes[r][0].transAxes, rotation=90,
                         va="center", ha="right", fontsize=10)
     fig.suptitle("Test predictions: reference vs AR vs NAR" + (" (boxes: ref green, AR blue, NAR red, KD orange)"
                                                                if any(t == "grounding" for t, *_ in rows) else ""))
-    fig.tight_layout()
     return _save(fig, path)
 
 

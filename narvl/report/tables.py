@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -102,6 +103,8 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
                 present = [task_cells.get((c.split, model, decoder)) for c in cols]
                 if not any(present) and (model, decoder) not in lat:
                     continue
+                if model == "nar-kd" and not any(m == "nar-kd" for _, m, _ in task_cells):
+                    continue  # no KD student scored for this task: its timing alone would repeat the NAR row
                 row = [MODEL_LABEL[model], decoder]
                 for col, cell in zip(cols, present):
                     if cell is None:
@@ -118,7 +121,9 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
                     if value is None:
                         row.append("n/a")
                         reason = cell.unavailable.get(col.metric, "not computed")
-                        note = f"n/a {col.metric}: {reason}"
+                        # first clause, without machine-specific parentheses (paths); the metrics file has it all
+                        reason = re.sub(r"\s*\([^)]*\)", "", reason.split(";")[0]).strip()
+                        note = f"n/a {col.metric}: {reason} (the metrics files say more)"
                         if note not in notes:
                             notes.append(note)
                     else:
