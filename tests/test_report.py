@@ -72,6 +72,10 @@ def make_runs(folder):
             w.add_scalar("train/loss", 5.0 / (1 + step / 10), step)
             w.add_scalar("train/lr", 1e-4, step)
         w.close()
+        summary = {"task": "caption", "kind": run.split("-")[1], "steps": 50, "world_size": 2,
+                   "final": {"loss": 0.123456, "lr": 1e-4}, "val": {"loss": 0.5, "exact_match": 0.25},
+                   "samples_per_s": 31.25, "wall_s_total": 12.5}
+        (folder / run / "summary.json").write_text(json.dumps(summary))
 
 
 def _add(tar, name, data):
@@ -177,7 +181,7 @@ def test_report_tables_hold_exactly_the_input_numbers(workspace):
         assert float(got[(task, "", model, decoder, "speedup_vs_ar@cpu,batch1")]) == speedup
         expected_md.add(f"{ms:.2f}")
         expected_md.add(f"{speedup:.2f}×")
-    md = (ws["out"] / "tables" / "main.md").read_text()
+    md = (ws["out"] / "tables" / "main.md").read_text().split("## Training runs")[0]
     table_cells = set()
     for line in md.splitlines():
         if line.startswith("| ") and not line.startswith("| model") and "---" not in line:
@@ -195,8 +199,8 @@ def test_readme_block_is_refreshed_and_nothing_else(workspace):
     assert head == "# narvl\n\nIntro stays.\n\n" and tail == "\n\nTail.\n"
     assert "old numbers" not in block and "### Image captioning" in block
     assert "](results/plots/latency_batch.png)" in block
-    md = (ws["out"] / "tables" / "main.md").read_text()
-    # the README block shows the same table rows as main.md
+    md = (ws["out"] / "tables" / "main.md").read_text().split("## Training runs")[0]
+    # the README block shows the same task table rows as main.md
     assert [line for line in block.splitlines() if line.startswith("| ")] == [
         line for line in md.splitlines() if line.startswith("| ")]
     assert run_report(ws) == 0 and ws["readme"].read_text() == text  # idempotent
@@ -239,3 +243,11 @@ def test_unnamed_or_duplicate_cells_are_errors(tmp_path):
                                                  "metrics": {}}))
     with pytest.raises(NarvlError, match="not fully named"):
         load_metrics(tmp_path)
+
+
+def test_training_table_from_summaries(workspace):
+    md = (workspace["out"] / "tables" / "main.md").read_text()
+    assert "| caption-ar | 50 | 0.1235 | 0.5000 | 0.250 | 31.2 | 2 | 12 |" in md
+    rows = list(csv.DictReader(io.StringIO((workspace["out"] / "tables" / "main.csv").read_text())))
+    got = {(r["model"], r["quantity"]): r["value"] for r in rows if r["quantity"].startswith("train:")}
+    assert got[("caption-nar", "train:final.loss")] == "0.123456" and got[("caption-nar", "train:steps")] == "50"

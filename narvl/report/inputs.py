@@ -111,6 +111,20 @@ def load_curves(runs: str | Path) -> dict[str, dict[str, list[tuple[int, float]]
     return curves
 
 
+def load_summaries(runs: str | Path) -> dict[str, dict[str, Any]]:
+    """{run name: summary.json} of every finished run (`narvl train` writes it at the end)."""
+    runs = Path(runs)
+    if not runs.is_dir():
+        return {}
+    out = {}
+    for path in sorted(runs.glob("*/summary.json")):
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise NarvlError(f"{path}: expected a JSON object")
+        out[path.parent.name] = data
+    return out
+
+
 def find_predictions(folder: str | Path | None) -> dict[tuple[str, str, str, str], Path]:
     """{(task, split, model, decoder): path} of `results/predictions/*.json` (sidecars excluded)."""
     found: dict[tuple[str, str, str, str], Path] = {}

@@ -46,17 +46,22 @@ def training_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path:
         log.warning("no tensorboard scalars under the runs folder: %s not written", path)
         return None
     n = len(curves)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False, layout="constrained")
-    for ax, (run, tags) in zip(axes[0], sorted(curves.items())):
+    ncols = min(3, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.2 * nrows), squeeze=False, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (run, tags) in zip(axes.flat, sorted(curves.items())):
         shown = [t for t in sorted(tags) if "loss" in t.lower()] or sorted(tags)[:4]
         for tag in shown:
             steps, values = zip(*tags[tag])
-            ax.plot(steps, values, label=tag, lw=1.2)
+            ax.plot(steps, values, "--" if tag.startswith("val") else "-", marker="." if len(steps) < 20 else None,
+                    label=tag, lw=1.2)
         ax.set_title(run)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle("Training curves (tensorboard scalars)")
+    fig.suptitle("Training curves (tensorboard scalars of runs/*/tb)")
     return _save(fig, path)
 
 

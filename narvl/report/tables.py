@@ -170,12 +170,54 @@ def to_markdown(tables: list[Table], level: int = 2) -> str:
     return "\n".join(out)
 
 
-def to_csv(tables: list[Table]) -> str:
+def to_csv(tables: list[Table], extra: list[dict[str, Any]] = ()) -> str:
     buf = io.StringIO()
     fields = ["task", "split", "model", "decoder", "quantity", "value", "source"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
-    for t in tables:
-        for v in t.values:
-            w.writerow({**v, "value": "" if v["value"] is None else repr(float(v["value"]))})
+    for v in [v for t in tables for v in t.values] + list(extra):
+        value = v["value"]
+        text = "" if value is None else repr(value) if isinstance(value, int) else repr(float(value))
+        w.writerow({**v, "value": text})
     return buf.getvalue()
+
+
+# summary.json fields shown in the training table: (label, path in the summary, format)
+TRAIN_COLUMNS = [
+    ("steps", ("steps",), "{:d}"),
+    ("train loss", ("final", "loss"), "{:.4f}"),
+    ("val loss", ("val", "loss"), "{:.4f}"),
+    ("val exact match", ("val", "exact_match"), "{:.3f}"),
+    ("samples/s", ("samples_per_s",), "{:.1f}"),
+    ("processes", ("world_size",), "{:d}"),
+    ("wall s", ("wall_s_total",), "{:.0f}"),
+]
+
+
+def _get(d: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def training_table(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Markdown table of the runs' summary.json and the tidy values behind it ("" when there are no runs)."""
+    if not summaries:
+        return "", []
+    lines = ["## Training runs\n", "| run | " + " | ".join(c[0] for c in TRAIN_COLUMNS) + " |",
+             "|" + "|".join(" --- " for _ in range(len(TRAIN_COLUMNS) + 1)) + "|"]
+    values = []
+    for run, summary in sorted(summaries.items()):
+        cells = []
+        for label, path, fmt in TRAIN_COLUMNS:
+            v = _get(summary, path)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(fmt.format(v) if ok and (fmt != "{:d}" or isinstance(v, int)) else "–")
+            if ok:
+                values.append({"task": summary.get("task", ""), "split": "", "model": run, "decoder": "",
+                               "quantity": f"train:{'.'.join(path)}", "value": v, "source": f"{run}/summary.json"})
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    lines.append("\nFrom `runs/*/summary.json` (`narvl train`): final training window and validation at the end.\n")
+    return "\n".join(lines), values
