@@ -65,9 +65,9 @@ def iter_samples(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
 
 def decode_jpeg(data: bytes) -> torch.Tensor:
     """uint8 (3, h, w)."""
-    with Image.open(io.BytesIO(data)) as image:
-        array = np.asarray(image.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+        array = np.array(image if image.mode == "RGB" else image.convert("RGB"))
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------------- collation
@@ -91,14 +91,23 @@ class Collator:
         weight = float(meta["scores"].get(meta["target"], 0.0)) if self.task == "vqa" else 1.0
         return ids, weight
 
-    def image(self, sample: dict) -> torch.Tensor:
-        img = decode_jpeg(sample["jpg"])
-        _, h, w = img.shape
-        if h > self.canvas or w > self.canvas:
-            raise NarvlError(f"sample {sample['key']}: image {w}x{h} is larger than the {self.canvas}-pixel canvas "
-                             "(data.shard.image_size changed since the shards were made? run `narvl shard` again)")
-        out = torch.zeros(3, self.canvas, self.canvas)
-        out[:, :h, :w] = (img.float() / 255.0 - self.mean) / self.std
+    def images(self, samples: list[dict]) -> torch.Tensor:
+        """(B, 3, S, S): each image at the top left, normalised; the padding is 0."""
+        canvas = torch.zeros(len(samples), 3, self.canvas, self.canvas, dtype=torch.uint8)
+        sizes = []
+        for i, sample in enumerate(samples):
+            img = decode_jpeg(sample["jpg"])
+            _, h, w = img.shape
+            if h > self.canvas or w > self.canvas:
+                raise NarvlError(f"sample {sample['key']}: image {w}x{h} is larger than the {self.canvas}-pixel "
+                                 "canvas (data.shard.image_size changed since the shards were made? run `narvl "
+                                 "shard` again)")
+            canvas[i, :, :h, :w] = img
+            sizes.append((h, w))
+        out = canvas.float().div_(255.0).sub_(self.mean).div_(self.std)
+        for i, (h, w) in enumerate(sizes):
+            out[i, :, h:, :] = 0.0
+            out[i, :, :h, w:] = 0.0
         return out
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
@@ -112,7 +121,7 @@ class Collator:
             src[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             tgt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
         return {
-            "images": torch.stack([self.image(s) for s in samples]),
+            "images": self.images(samples),
             "src_tokens": src,
             "src_mask": src.eq(self.tok.pad_id),
             "tgt_tokens": tgt,
