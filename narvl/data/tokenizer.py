@@ -193,6 +193,8 @@ class Tokenizer:
 # ------------------------------------------------------------------------------------------------------ command
 def training_texts(shard_dirs: Iterable[Path], split: str = "train") -> Iterator[str]:
     """The prompts and targets of the split's samples (grounding targets are location tokens: left out)."""
+    from tqdm import tqdm
+
     from narvl.data.loader import iter_samples
     from narvl.data.shard import read_sizes
 
@@ -200,7 +202,9 @@ def training_texts(shard_dirs: Iterable[Path], split: str = "train") -> Iterator
         sizes = read_sizes(shard_dir)
         if split not in sizes:
             raise NarvlError(f"{Path(shard_dir) / 'sizes.json'}: no '{split}' split (has {', '.join(sizes)})")
-        for sample in iter_samples([Path(shard_dir) / s for s in sizes[split]["shards"]]):
+        samples = iter_samples([Path(shard_dir) / s for s in sizes[split]["shards"]])
+        for sample in tqdm(samples, total=sizes[split]["samples"], desc=f"text of {shard_dir}", unit="sample",
+                           mininterval=1.0):
             meta = sample["meta"]
             yield meta["prompt"]
             if meta["task"] != "grounding":
