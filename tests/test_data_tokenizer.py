@@ -105,6 +105,11 @@ def test_from_gpt2_tiny_vocab_and_merges(tmp_path):
     assert tok.decode(tok.encode("abc bc")) == "abc bc"
     assert tok.vocab_size == 5 + 8 + len(vocab)
     assert tok.box_to_tokens([0, 0, 10, 10], 10) == [5, 5, 12, 12]
+    out = tmp_path / "tokenizer.json"
+    assert cli_main(["tokenizer", "--params", "params/data.yaml", "--gpt2", str(tmp_path / "vocab.json"),
+                     str(tmp_path / "merges.txt"), "--out", str(out)]) == 0
+    converted = Tokenizer.load(out)
+    assert converted.num_bins == 100 and converted.encode("abc") == [5 + 100 + vocab["Ġabc"]]
     (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ a\nx y\n", encoding="utf-8")
     with pytest.raises(NarvlError, match=r"merges\.txt: line 3: token 'x' is not in"):
         Tokenizer.from_gpt2(tmp_path / "vocab.json", tmp_path / "merges.txt", num_bins=8)
