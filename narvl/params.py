@@ -67,6 +67,7 @@ class ShardParams:
     image_size: dict[str, int]
     samples_per_shard: int
     jpeg_quality: int
+    workers: int  # processes that decode and resize images (0: none besides the main one); output is identical
 
 
 @dataclass(frozen=True)

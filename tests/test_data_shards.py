@@ -197,6 +197,30 @@ def test_same_inputs_give_identical_shard_bytes(raw, tmp_path):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
 
+def test_image_worker_processes_give_the_same_bytes(raw, tmp_path):
+    """data.shard.workers only changes speed: 2 worker processes write what the main process alone writes."""
+    base = params.load(PARAMS)
+    from narvl.data.readers import read_refer
+    from narvl.data.shard import write_shards
+
+    images = tmp_path / "images"
+    import shutil
+
+    shutil.copytree(raw / "images", images)
+    (images / "train2014/COCO_train2014_000000510027.jpg").write_bytes(b"not a jpeg")  # skipped in both
+    outs = {}
+    for workers in (0, 2):
+        p = dataclasses.replace(base, shard=dataclasses.replace(base.shard, workers=workers, samples_per_shard=4))
+        outs[workers] = tmp_path / f"w{workers}"
+        records = read_refer(raw / "refcoco/refs(unc).p", raw / "refcoco/instances.json", images)
+        sizes = write_shards(records, "grounding", p, outs[workers])
+    assert sizes["testB"]["skipped"] == 6 and sizes["testA"]["samples"] == 6
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[2].iterdir()) and len(names) == 3
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[2] / name).read_bytes(), name
+
+
 def test_missing_and_corrupt_images_are_skipped_counted_and_listed(raw, tmp_path, capsys):
     images = tmp_path / "images"
     import shutil
