@@ -19,6 +19,7 @@ from narvl.data.loader import epoch_samples, eval_loader, iter_samples, train_lo
 from narvl.data.readers import read_ofa_tsv
 from narvl.data.shard import write_shards
 from narvl.data.tokenizer import Tokenizer
+from narvl.errors import NarvlError
 from tests.fixtures.data import make
 
 BASE = params.load("params/data.yaml")
@@ -164,3 +165,12 @@ def test_vqa_weight_is_the_target_soft_score_and_grounding_target_is_4_bins(shar
             step = size / (tok.num_bins - 1)
             assert all(abs(a - b) <= step / 2 + 1e-6 for a, b in zip(box, meta["box"]))
             assert meta["box"] == pytest.approx([c * size / max(meta["orig_size"]) for c in meta["orig_box"]], abs=0.6)
+
+
+def test_training_with_more_slots_than_samples_stops_with_a_clear_error(tmp_path, tok):
+    rows = [[str(i), str(i), f"caption {i}", "", make.b64(make.jpeg_bytes(i, (32, 24)))] for i in range(3)]
+    tsv = make.ofa_tsv(tmp_path / "c.tsv", rows)
+    write_shards(read_ofa_tsv("caption", "train", tsv), "caption", data_params(100, 0), tmp_path / "c")
+    loader = train_loader(tmp_path / "c", "train", tok, data_params(100, 0), "caption", 2, 3, 4, seed=0)
+    with pytest.raises(NarvlError, match="4 slots, more than the split's samples: slot 3 gets none"):
+        next(iter(loader))

@@ -172,7 +172,13 @@ class _Stream(IterableDataset):
 
         def endless():
             for epoch in range(10**12):
-                yield from epoch_samples(self.shards, slot, slots, self.seed, epoch)
+                count = 0
+                for sample in epoch_samples(self.shards, slot, slots, self.seed, epoch):
+                    count += 1
+                    yield sample
+                if count == 0:
+                    raise NarvlError(f"{self.shards[0].parent}: ranks x workers = {slots} slots, more than the split's "
+                                     f"samples: slot {slot} gets none (use fewer loader workers or ranks)")
 
         rng = random.Random(f"{self.seed}-slot-{slot}")
         return _shuffle(endless(), bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)

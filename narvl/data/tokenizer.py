@@ -41,8 +41,6 @@ class Tokenizer:
     """Text <-> ids with the special ids of docs/design.md, plus location tokens for boxes."""
 
     def __init__(self, tok, source: str = "tokenizer"):
-        from tokenizers import Tokenizer as _HFTokenizer  # noqa: F401  (type only)
-
         self._tok = tok
         for i, name in enumerate(SPECIALS):
             if tok.token_to_id(name) != i:
