@@ -43,7 +43,8 @@ def tsv_rows(task: str) -> list[list[str]]:
             rows.append([str(100 + i), str(i), f"question {i}?", f"1.0|!+yes&&0.{i % 9 + 1}|!+no", "", jpg])
         else:
             w, h = size
-            rows.append([str(i), str(i), f"box {i}", f"{w * 0.1:.1f},{h * 0.2:.1f},{w * 0.9:.1f},{h * 0.7:.1f}", "", jpg][:4] + [jpg])
+            box = f"{w * 0.1:.1f},{h * 0.2:.1f},{w * 0.9:.1f},{h * 0.7:.1f}"
+            rows.append([str(i), str(i), f"box {i}", box, jpg])
     return rows
 
 
@@ -138,7 +139,8 @@ def test_batch_dict_images_tokens_and_targets(shards, tok):
         src = batch["src_tokens"][i][~batch["src_mask"][i]].tolist()
         assert src[0] == tok.bos_id and src[-1] == tok.eos_id and tok.decode(src) == meta["prompt"]
         n = batch["tgt_lengths"][i].item()
-        assert batch["tgt_tokens"][i, :n].tolist() == tok.encode(meta["target"])[: BASE.loader.max_target_len["caption"]]
+        max_len = BASE.loader.max_target_len["caption"]
+        assert batch["tgt_tokens"][i, :n].tolist() == tok.encode(meta["target"])[:max_len]
         assert (batch["tgt_tokens"][i, n:] == tok.pad_id).all()
         assert tok.bos_id not in batch["tgt_tokens"][i].tolist() and tok.eos_id not in batch["tgt_tokens"][i].tolist()
     # pixels: the resized JPEG normalised with ImageNet statistics at the top left, zeros elsewhere

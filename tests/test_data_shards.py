@@ -314,7 +314,8 @@ def test_ofa_tsv_bad_rows_name_file_and_line(tmp_path):
 
     jpg = make.b64(make.jpeg_bytes(1, (32, 32)))
     cases = [
-        ("vqa", ["1", "1", "q?", "yes", "", jpg], r"line 1 \(question-id 1\): answer 'yes' is not 'confidence\|!\+answer'"),
+        ("vqa", ["1", "1", "q?", "yes", "", jpg],
+         r"line 1 \(question-id 1\): answer 'yes' is not 'confidence\|!\+answer'"),
         ("grounding", ["1", "1", "x", "3,4,1", jpg], r"line 1 \(uniq-id 1\): region-coord '3,4,1'"),
         ("caption", ["1", "one", "c", "", jpg], r"line 1 \(uniq-id 1\): column 'image-id' should be an integer"),
     ]
