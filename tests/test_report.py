@@ -128,7 +128,8 @@ def make_shards_and_predictions(shards, preds_dir):
             (preds_dir / f"{task}-{split}-{model}-greedy.json").write_text(json.dumps(recs))
 
 
-README_TEXT = "# narvl\n\nIntro stays.\n\n<!-- narvl:results:start -->\nold numbers 1.23\n<!-- narvl:results:end -->\n\nTail.\n"
+README_TEXT = ("# narvl\n\nIntro stays.\n\n<!-- narvl:results:start -->\nold numbers 1.23\n<!-- narvl:results:end -->\n"
+               "\nTail.\n")
 
 
 @pytest.fixture(scope="module")

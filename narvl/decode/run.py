@@ -71,8 +71,8 @@ def _check_tokenizer(meta: dict, tokenizer_path: Path, model_path: Path, vocab_s
     if isinstance(ref, dict) and ref.get("sha256"):
         actual = _sha256(tokenizer_path)
         if actual != ref["sha256"]:
-            raise NarvlError(f"{tokenizer_path}: sha256 {actual[:12]} differs from the tokenizer the model {model_path} "
-                             f"was trained with ({ref.get('path', '?')}, {str(ref['sha256'])[:12]})")
+            raise NarvlError(f"{tokenizer_path}: sha256 {actual[:12]} differs from the tokenizer the model "
+                             f"{model_path} was trained with ({ref.get('path', '?')}, {str(ref['sha256'])[:12]})")
     if vocab_size != model_vocab:
         raise NarvlError(f"{tokenizer_path}: vocabulary of {vocab_size} tokens, but {model_path} has {model_vocab}")
 

@@ -100,7 +100,8 @@ def load_references(path: str | Path) -> dict[int, list[str]]:
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not common.is_int(ann.get("image_id")) or not isinstance(
                 ann.get("caption"), str):
-            raise NarvlError(f"{path}: annotations[{i}]: expected {{'image_id': int, 'caption': str}}, got {ann!r:.120}")
+            raise NarvlError(f"{path}: annotations[{i}]: expected {{'image_id': int, 'caption': str}}, "
+                             f"got {ann!r:.120}")
         refs.setdefault(ann["image_id"], []).append(ann["caption"])
     if not refs:
         raise NarvlError(f"{path}: no caption annotations")

@@ -84,7 +84,8 @@ def latency_vs_batch(bench: list[dict], path: Path) -> Path | None:
                     xs, ys = zip(*pts)
                     ax.plot(xs, ys, STYLES[decoder], marker=MARKERS[decoder], color=COLORS[model],
                             label=f"{MODEL_LABEL[model]} {decoder}")
-        enc = sorted((r["batch_size"], r["ms_per_sample"]) for r in bench if r["task"] == task and r["model"] == "encoder")
+        enc = sorted((r["batch_size"], r["ms_per_sample"]) for r in bench
+                     if r["task"] == task and r["model"] == "encoder")
         if enc:
             xs, ys = zip(*enc)
             ax.plot(xs, ys, ":", color="gray", label="encoder alone")
