@@ -52,10 +52,15 @@ class SynthParams:
     val_images: int
     test_images: int
     captions_per_image: int
+    max_caption_words: int  # words + punctuation marks; keep under the caption target length (NAR queries)
     questions_per_image: int
     refs_per_image: int
     sentences_per_ref: int
     answer_noise: float  # chance that one of the 10 human answers deviates (synonym or mistake; at most 4 do)
+    # SNLI-VE: images (own Flickr30k-style ids) per split, one hypothesis per label each
+    ve_train_images: int
+    ve_dev_images: int
+    ve_test_images: int
     jpeg_quality: int
 
 
@@ -67,6 +72,7 @@ class ShardParams:
     image_size: dict[str, int]
     samples_per_shard: int
     jpeg_quality: int
+    workers: int  # processes that decode and resize images (0: none besides the main one); output is identical
 
 
 @dataclass(frozen=True)
