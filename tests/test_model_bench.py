@@ -33,24 +33,24 @@ def test_preset_mode_writes_latencies_and_ratios(tmp_path, capsys):
     assert bench.main(args) == 0
     result = read_json(out)
     assert result["mode"] == "preset" and result["arch"]["d_model"] == 64
-    records = result["results"]
-    names = {("encoder", "none"), ("nar", "greedy"), ("nar", "beam"), ("ar", "greedy"), ("ar", "beam")}
-    for b in (1, 2):
-        rows = {(r["model"], r["decoder"]): r for r in records if r["batch_size"] == b}
-        assert set(rows) == names
-        for r in rows.values():
-            assert r["task"] == "grounding" and r["device"] == "cpu" and r["ms"] > 0
-            assert r["ms_per_sample"] == r["ms"] / b and r["ms"] <= r["ms_median"]
-            assert r["ar_forced_length"] and r["num_queries"] == 5 and r["image_size"] == 48
-        (ratio,) = [r for r in result["ratios"] if r["batch_size"] == b]
-        assert ratio["ar_greedy_over_nar_greedy"] == rows[("ar", "greedy")]["ms"] / rows[("nar", "greedy")]["ms"]
-        assert ratio["nar_greedy_over_encoder"] == rows[("nar", "greedy")]["ms"] / rows[("encoder", "none")]["ms"]
-        assert ratio["paper_speedup"] == bench.PAPER_SPEEDUP["grounding"]
+    rows = result["results"]
+    assert [(r["task"], r["batch"], r["device"]) for r in rows] == [("grounding", 1, "cpu"), ("grounding", 2, "cpu")]
+    for r in rows:
+        assert set(r["ms"]) == {"encoder", "nar_greedy", "nar_beam", "ar_greedy", "ar_beam"}
+        assert all(r["ms"][k] > 0 and r["ms"][k] <= r["ms_median"][k] for k in r["ms"])
+        assert r["ar_forced_length"] and r["num_queries"] == 5 and r["image_size"] == 48 and r["ar_max_len"] == 5
+        assert r["ratios"]["ar_greedy_over_nar_greedy"] == r["ms"]["ar_greedy"] / r["ms"]["nar_greedy"]
+        assert r["ratios"]["nar_greedy_over_encoder"] == r["ms"]["nar_greedy"] / r["ms"]["encoder"]
+        assert r["ratios_by_nar"] == {"nar": r["ratios"]} and r["paper_speedup"] == bench.PAPER_SPEEDUP["grounding"]
     assert "nar_g/enc" in capsys.readouterr().out
-    # the report reads these records
+    # the report reads these rows: per-sample latency of every (model, decoder) at each batch size
     from narvl.report.inputs import load_bench
 
-    assert len(load_bench(out)) == len(records)
+    records, info = load_bench(out)
+    got = {(r["model"], r["decoder"], r["batch_size"]): r["ms_per_sample"] for r in records}
+    for r in rows:
+        assert got[("ar", "beam", r["batch"])] == r["ms"]["ar_beam"] / r["batch"]
+        assert got[("nar", "greedy", r["batch"])] == r["ms"]["nar_greedy"] / r["batch"]
 
 
 def test_forced_length_generation_in_preset_setup(tmp_path):
@@ -118,10 +118,11 @@ def test_models_mode_reads_eval_shards_and_names_models_by_folder(tmp_path):
     result = read_json(out)
     assert result["mode"] == "models" and result["splits"] == {"caption": "val"}
     assert set(result["models"]["caption"]) == {"ar", "nar", "nar-kd"}
-    keys = {(r["model"], r["decoder"], r["batch_size"]) for r in result["results"]}
-    assert keys == {(m, d, b) for b in (1, 3) for m, d in [("encoder", "none"), ("nar", "greedy"), ("nar", "beam"),
-                                                            ("nar-kd", "greedy"), ("nar-kd", "beam"),
-                                                            ("ar", "greedy"), ("ar", "beam")]}
-    assert all(not r["ar_forced_length"] and r["image_size"] == 96 for r in result["results"])
-    assert {(r["nar_model"], r["batch_size"]) for r in result["ratios"]} == {(m, b) for m in ("nar", "nar-kd")
-                                                                            for b in (1, 3)}
+    rows = result["results"]
+    assert [r["batch"] for r in rows] == [1, 3]
+    for r in rows:
+        assert set(r["ms"]) == {"encoder", "nar_greedy", "nar_beam", "nar-kd_greedy", "nar-kd_beam", "ar_greedy",
+                                "ar_beam"}
+        assert r["nar_models"] == ["nar", "nar-kd"] and set(r["ratios_by_nar"]) == {"nar", "nar-kd"}
+        assert r["ratios"] == r["ratios_by_nar"]["nar"]
+        assert not r["ar_forced_length"] and r["image_size"] == 96

@@ -10,10 +10,12 @@ one warm-up round (milliseconds, inputs already on the device):
     AR greedy      AR encoder + KV-cached greedy generation         (ARModel.generate, beam_size 1)
     AR beam        AR encoder + KV-cached beam search, decode.beam_size and decode.length_penalty
 
-`ms` is a repetition's time for the whole batch, the fastest one (the least disturbed by other processes; the
-ratios use it), `ms_median` the median; `ms_per_sample` = ms / batch. Ratios per (device, task, batch):
-nar_greedy_over_encoder, ar_greedy_over_nar_greedy, ar_beam_over_nar_greedy, ar_beam_over_nar_beam, next to the
-paper's AR/NAR speed-ups (OFA vs NARVL: grounding 2.4x, VQA 12.7x, caption 7.2x, entailment 1.4x).
+Per (device, task, batch) row, `ms` maps each method to the time of a repetition for the whole batch, the fastest
+one (the least disturbed by other processes; the ratios use it), `ms_median` to the median. Methods are named
+`encoder` and `<model>_<decoder>` with model ar, nar (or nar-kd, ...) and decoder greedy or beam. `ratios` (for the
+first NAR model; `ratios_by_nar` for each): nar_greedy_over_encoder, ar_greedy_over_nar_greedy,
+ar_beam_over_nar_greedy, ar_beam_over_nar_beam, next to the paper's AR/NAR speed-ups (OFA vs NARVL: grounding
+2.4x, VQA 12.7x, caption 7.2x, entailment 1.4x).
 
 Two modes:
   --models M.pt ...   trained model files (`narvl export`): per task one AR file and one or more NAR files (a
@@ -29,11 +31,9 @@ Two modes:
 
 Reads the params folder (model, data, decode, pipeline yaml); writes --out:
     {"mode", "preset", "arch", "parameters", "decode", "paper_speedup", "targets", "environment",
-     "results": [{"device", "task", "model" (ar | nar | nar-kd | encoder), "decoder" (greedy | beam | none),
-                  "batch_size", "ms", "ms_median", "ms_per_sample", "num_queries", "ar_max_len",
-                  "ar_forced_length", "image_size", "source_len"}],
-     "ratios": [{"device", "task", "batch_size", "nar_model", "nar_greedy_over_encoder", ...,
-                 "paper_speedup"}], "models"?, "splits"?}
+     "results": [{"device", "task", "batch", "ms": {method: ms}, "ms_median": {method: ms}, "ratios",
+                  "ratios_by_nar", "nar_models", "num_queries", "ar_max_len", "ar_forced_length", "image_size",
+                  "source_len", "paper_speedup"}], "models"?, "splits"?}
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PAPER_SPEEDUP = {"grounding": 2.4, "vqa": 12.7, "caption": 7.2, "entailment": 1.4}
-ENCODER = ("encoder", "none")  # the (model, decoder) name of the encoder-only measurement
+ENCODER = "encoder"  # the method name of the encoder-only measurement
 log = logging.getLogger("narvl.bench.decode")
 
 
@@ -81,8 +81,8 @@ def _timer(device) -> Callable[[Callable[[], Any]], float]:
 
 
 def methods(ar, nars: dict[str, Any], images, src, mask, ar_max_len: int, ar_min_len: int,
-            decode_params) -> dict[tuple[str, str], Callable[[], Any]]:
-    """(model name, decoder) -> a function decoding the batch, the encoder alone first."""
+            decode_params) -> dict[str, Callable[[], Any]]:
+    """method name (`encoder`, `<model>_<decoder>`) -> a function decoding the batch, the encoder alone first."""
     import torch.nn.functional as F
 
     from narvl.decode.ctc import beam_search, greedy_decode
@@ -95,10 +95,10 @@ def methods(ar, nars: dict[str, Any], images, src, mask, ar_max_len: int, ar_min
             return F.log_softmax(nar(images, src, mask).float(), dim=-1)
 
         blank = nar.special_ids["blank"]
-        fns[(name, "greedy")] = lambda logp=logp, blank=blank: greedy_decode(logp(), blank)
-        fns[(name, "beam")] = lambda logp=logp, blank=blank: beam_search(logp(), blank, k)
-    fns[("ar", "greedy")] = lambda: ar.generate(images, src, mask, ar_max_len, 1, lp, min_len=ar_min_len)
-    fns[("ar", "beam")] = lambda: ar.generate(images, src, mask, ar_max_len, k, lp, min_len=ar_min_len)
+        fns[f"{name}_greedy"] = lambda logp=logp, blank=blank: greedy_decode(logp(), blank)
+        fns[f"{name}_beam"] = lambda logp=logp, blank=blank: beam_search(logp(), blank, k)
+    fns["ar_greedy"] = lambda: ar.generate(images, src, mask, ar_max_len, 1, lp, min_len=ar_min_len)
+    fns["ar_beam"] = lambda: ar.generate(images, src, mask, ar_max_len, k, lp, min_len=ar_min_len)
     return fns
 
 
@@ -117,12 +117,12 @@ def measure(fns: dict[Any, Callable[[], Any]], repeats: int, device) -> dict[Any
     return times
 
 
-def ratios(ms: dict[tuple[str, str], float], nar: str) -> dict[str, float]:
+def ratios(ms: dict[str, float], nar: str) -> dict[str, float]:
     return {
-        "nar_greedy_over_encoder": ms[(nar, "greedy")] / ms[ENCODER],
-        "ar_greedy_over_nar_greedy": ms[("ar", "greedy")] / ms[(nar, "greedy")],
-        "ar_beam_over_nar_greedy": ms[("ar", "beam")] / ms[(nar, "greedy")],
-        "ar_beam_over_nar_beam": ms[("ar", "beam")] / ms[(nar, "beam")],
+        "nar_greedy_over_encoder": ms[f"{nar}_greedy"] / ms[ENCODER],
+        "ar_greedy_over_nar_greedy": ms["ar_greedy"] / ms[f"{nar}_greedy"],
+        "ar_beam_over_nar_greedy": ms["ar_beam"] / ms[f"{nar}_greedy"],
+        "ar_beam_over_nar_beam": ms["ar_beam"] / ms[f"{nar}_beam"],
     }
 
 
@@ -199,7 +199,8 @@ def _model_setups(args, prm) -> list[dict[str, Any]]:
             found = ", ".join(str(p) for files in kinds.values() for _, _, p in files) or "none"
             raise NarvlError(f"--models: task '{task}' needs exactly one AR and at least one NAR model file, "
                              f"got {found}")
-        (_, ar, ar_path), nars = kinds["ar"][0], kinds["nar"]
+        (_, ar, ar_path) = kinds["ar"][0]
+        nars = sorted(kinds["nar"], key=lambda x: (x[0] != "nar", x[0]))  # `nar` first: the primary ratios
         names = [n for n, _, _ in nars]
         if len(set(names)) != len(names):
             raise NarvlError(f"--models: task '{task}' has two NAR files named {names}; name their folders "
@@ -236,7 +237,7 @@ def main(args: argparse.Namespace) -> int:
     prm = {stage: params.load(args.params / f"{stage}.yaml", stage)
            for stage in ("model", "data", "decode", "pipeline")}
     setups = _preset_setups(args, prm) if args.preset else _model_setups(args, prm)
-    records, ratio_rows = [], []
+    rows = []
     for device in _devices(args.device):
         for setup in setups:
             ar = setup["ar"].to(device)
@@ -244,24 +245,22 @@ def main(args: argparse.Namespace) -> int:
             for b in prm["decode"].bench_batch_sizes:
                 images, src, mask = (t.to(device) for t in setup["inputs"](b))
                 fns = methods(ar, nars, images, src, mask, setup["ar_max_len"], setup["ar_min_len"], prm["decode"])
-                log.info("%s %s batch %d: timing %d decoders", device.type, setup["task"], b, len(fns))
+                log.info("%s %s batch %d: timing %s", device.type, setup["task"], b, ", ".join(fns))
                 times = measure(fns, prm["decode"].bench_repeats, device)
-                ms = {key: min(ts) for key, ts in times.items()}
-                for (model, decoder), ts in times.items():
-                    records.append({
-                        "device": device.type, "task": setup["task"], "model": model, "decoder": decoder,
-                        "batch_size": b, "ms": ms[(model, decoder)], "ms_median": statistics.median(ts),
-                        "ms_per_sample": ms[(model, decoder)] / b, "num_queries": setup["num_queries"],
-                        "ar_max_len": setup["ar_max_len"],
-                        "ar_forced_length": setup["ar_min_len"] >= setup["ar_max_len"],
-                        "image_size": setup["image_size"], "source_len": setup["source_len"]})
-                for nar in nars:
-                    r = ratios(ms, nar)
-                    ratio_rows.append({"device": device.type, "task": setup["task"], "batch_size": b,
-                                       "nar_model": nar, **r, "paper_speedup": PAPER_SPEEDUP.get(setup["task"])})
+                ms = {name: min(ts) for name, ts in times.items()}
+                by_nar = {nar: ratios(ms, nar) for nar in nars}
+                rows.append({
+                    "device": device.type, "task": setup["task"], "batch": b, "ms": ms,
+                    "ms_median": {name: statistics.median(ts) for name, ts in times.items()},
+                    "ratios": next(iter(by_nar.values())), "ratios_by_nar": by_nar, "nar_models": list(nars),
+                    "num_queries": setup["num_queries"], "ar_max_len": setup["ar_max_len"],
+                    "ar_forced_length": setup["ar_min_len"] >= setup["ar_max_len"],
+                    "image_size": setup["image_size"], "source_len": setup["source_len"],
+                    "paper_speedup": PAPER_SPEEDUP.get(setup["task"])})
+                for nar, r in by_nar.items():
                     print(f"{device.type:4s} {setup['task']:9s} B={b:<3d} {nar:6s} enc {ms[ENCODER]:8.1f}  "
-                          f"nar g/b {ms[(nar, 'greedy')]:8.1f} {ms[(nar, 'beam')]:8.1f}  "
-                          f"ar g/b {ms[('ar', 'greedy')]:8.1f} {ms[('ar', 'beam')]:8.1f} ms | nar_g/enc "
+                          f"nar g/b {ms[f'{nar}_greedy']:8.1f} {ms[f'{nar}_beam']:8.1f}  "
+                          f"ar g/b {ms['ar_greedy']:8.1f} {ms['ar_beam']:8.1f} ms | nar_g/enc "
                           f"{r['nar_greedy_over_encoder']:.2f}  ar_g/nar_g {r['ar_greedy_over_nar_greedy']:.2f}  "
                           f"ar_b/nar_g {r['ar_beam_over_nar_greedy']:.2f}  ar_b/nar_b "
                           f"{r['ar_beam_over_nar_beam']:.2f} (paper {PAPER_SPEEDUP.get(setup['task'])})",
@@ -281,8 +280,7 @@ def main(args: argparse.Namespace) -> int:
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "cpu": platform.processor() or platform.machine(),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "results": records,
-        "ratios": ratio_rows,
+        "results": rows,
     }
     if not args.preset:
         result["models"] = {s["task"]: s["models"] for s in setups}
