@@ -162,6 +162,8 @@ class TrainParams:
     micro_batch: int
     grad_accum: int
     lr: float
+    adam_betas: list[float]
+    adam_eps: float
     warmup_steps: int
     min_lr_ratio: float  # cosine decay to lr * min_lr_ratio
     weight_decay: float
@@ -172,9 +174,19 @@ class TrainParams:
     # VQA: multiply each target's log-likelihood by its soft VQA score (the paper's choice)
     vqa_score_weights: bool
     checkpoint_every: int
+    keep_checkpoints: int  # complete checkpoints kept on disk (older ones are deleted after each save)
+    # on resume, replay up to this many batches per rank to restore the exact data position; further in, the data
+    # stream is reseeded from the step instead (replaying decodes every skipped image)
+    resume_replay_batches: int
     log_every: int
+    val_every: int  # validation loss/metric every K steps (0: only at the end)
+    val_batches: int  # validation batches (of micro_batch samples) per evaluation
+    val_split: dict[str, str]  # per task: the split validated on during training
     # knowledge distillation: NAR students trained on AR-teacher outputs for these tasks
     distill_tasks: list[str]
+    # `narvl bench train`: steps per measurement and the process counts compared (micro_batch per process fixed)
+    bench_steps: int
+    bench_nprocs: list[int]
 
 
 # ------------------------------------------------------------------------------------------------------- decode
