@@ -24,6 +24,10 @@ ROOT = os.path.relpath(workflow.basedir)  # "." when Snakemake runs from the che
 
 # `python` in the shell commands is the interpreter running Snakemake (the .venv of the README install, also when it
 # is not activated); inside the container the image's own environment comes first (containers/narvl.def).
+envvars:
+    "PATH",
+
+
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 # ----------------------------------------------------------------------------------------------- parameters

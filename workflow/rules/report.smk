@@ -3,7 +3,9 @@
 
 
 rule report:
-    """Tables (results/tables/main.md, main.csv), plots and gallery from every metrics file, run and benchmark."""
+    """Tables (results/tables/main.md, main.csv), plots and gallery from every metrics file, run and benchmark;
+    refreshes the block between `<!-- narvl:results:start -->` and `<!-- narvl:results:end -->` of pipeline.readme
+    in place (an input, not an output: Snakemake deletes outputs before a job runs)."""
     input:
         code=sources("narvl.report.main"),
         metrics=METRICS_FILES,
@@ -15,9 +17,10 @@ rule report:
     output:
         table=report(f"{RESULTS}/tables/main.md", caption="../report/tables.rst", category="Tables"),
         csv=report(f"{RESULTS}/tables/main.csv", caption="../report/tables.rst", category="Tables"),
-        plots=report(
-            directory(f"{RESULTS}/plots"), patterns=["{name}.png"], caption="../report/plots.rst", category="Plots"
-        ),
+        training_curves=report(f"{RESULTS}/plots/training_curves.png", caption="../report/plots.rst", category="Plots"),
+        latency=report(f"{RESULTS}/plots/latency_batch.png", caption="../report/plots.rst", category="Plots"),
+        quality_speed=report(f"{RESULTS}/plots/quality_speed.png", caption="../report/plots.rst", category="Plots"),
+        gallery=report(f"{RESULTS}/plots/gallery.png", caption="../report/gallery.rst", category="Gallery"),
     params:
         metrics=folder_of("metrics"),
         runs=folder_of("summaries", levels=2),
