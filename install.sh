@@ -33,8 +33,9 @@ fi
 start=$(date +%s)
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 log "installing pinned dependencies into .venv (pip; about 2 minutes with a local wheel store)"
+# (this machine's pip.conf names extra index folders that may not exist: drop pip's warnings about them)
 .venv/bin/python -m pip install --no-cache-dir -q --disable-pip-version-check \
-    -r requirements.txt -c requirements.lock
+    -r requirements.txt -c requirements.lock 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 .venv/bin/python -m pip install --no-cache-dir -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 .venv/bin/python -m pip check
 echo "$want" >"$stamp"

@@ -37,19 +37,25 @@ Kind = Literal["ar", "nar"]
 # --------------------------------------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class SynthParams:
-    """The embedded default dataset (`narvl synth`)."""
+    """The embedded default dataset (`narvl synth`; docs/data-default.md)."""
 
     seed: int
     image_size: int  # rendered scenes are square, in pixels
+    supersample: int  # drawn at this multiple of image_size, then downsampled (anti-aliasing)
     min_objects: int
     max_objects: int
-    # number of images per split; RefCOCO's testA/testB split the test images
+    # images per Karpathy split: train in train2014/, restval, val and test in val2014/ (VQA train2014 / val2014).
+    # RefCOCO uses the train2014 images: the last val_images of them + test_images (half testA, half testB) are its
+    # evaluation splits, the rest its train split.
     train_images: int
+    restval_images: int
     val_images: int
     test_images: int
     captions_per_image: int
     questions_per_image: int
     refs_per_image: int
+    sentences_per_ref: int
+    answer_noise: float  # chance that one of the 10 human answers deviates (synonym or mistake; at most 4 do)
     jpeg_quality: int
 
 
@@ -74,8 +80,10 @@ class TokenizerParams:
 class LoaderParams:
     num_workers: int
     shuffle_buffer: int
-    max_source_len: int  # text tokens fed to the encoder
+    max_source_len: int  # text tokens fed to the encoder, <bos> and <eos> included
     max_target_len: dict[str, int]
+    bench_micro_batch: int  # `narvl bench data`: batch size and timed batches per worker count
+    bench_batches: int
 
 
 @dataclass(frozen=True)
@@ -100,22 +108,23 @@ class ArchParams:
     resnet_block: Literal["basic", "bottleneck"]
     resnet_layers: list[int]  # blocks in stages 1-3 (cut after stage 3)
     resnet_width: int  # channels after the stem
+    image_grid: int  # rows/columns of the 2-D patch position table (image side / 16; OFA's 42 covers 672 px)
     max_source_len: int
     max_target_len: int
 
 
 PRESETS: dict[str, ArchParams] = {
     "cpu": ArchParams(d_model=64, heads=4, encoder_layers=2, decoder_layers=2, ffn_dim=256, dropout=0.1,
-                      resnet_block="basic", resnet_layers=[1, 1, 1], resnet_width=16,
+                      resnet_block="basic", resnet_layers=[1, 1, 1], resnet_width=16, image_grid=42,
                       max_source_len=128, max_target_len=32),
     "tiny": ArchParams(d_model=256, heads=4, encoder_layers=4, decoder_layers=4, ffn_dim=1024, dropout=0.1,
-                       resnet_block="bottleneck", resnet_layers=[3, 4, 6], resnet_width=64,
+                       resnet_block="bottleneck", resnet_layers=[3, 4, 6], resnet_width=64, image_grid=42,
                        max_source_len=256, max_target_len=256),
     "base": ArchParams(d_model=768, heads=12, encoder_layers=6, decoder_layers=6, ffn_dim=3072, dropout=0.1,
-                       resnet_block="bottleneck", resnet_layers=[3, 4, 23], resnet_width=64,
+                       resnet_block="bottleneck", resnet_layers=[3, 4, 23], resnet_width=64, image_grid=42,
                        max_source_len=1024, max_target_len=1024),
     "large": ArchParams(d_model=1024, heads=16, encoder_layers=12, decoder_layers=12, ffn_dim=4096, dropout=0.1,
-                        resnet_block="bottleneck", resnet_layers=[3, 8, 36], resnet_width=64,
+                        resnet_block="bottleneck", resnet_layers=[3, 8, 36], resnet_width=64, image_grid=42,
                         max_source_len=1024, max_target_len=1024),
 }
 
@@ -179,6 +188,9 @@ class ScoreParams:
     meteor: bool  # needs Java
     spice: bool  # needs Java and Stanford CoreNLP models (downloaded at first use): reported unavailable
     iou_threshold: float
+    # reference items without a prediction: "error" stops, "wrong" scores them as wrong and lists them
+    missing_predictions: Literal["error", "wrong"]
+    vqa_decimals: int  # VQA accuracies are rounded as the official vqaEval.py (n=2)
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline

@@ -1,0 +1,205 @@
+"""Read a dataset in its real format into webdataset shards.
+
+Reads (by --format):
+  karpathy  --annotations dataset_coco.json --images IMAGES         (caption; train+restval -> train)
+  vqav2     --questions Q.json... --annotations A.json... --images IMAGES   (vqa; train2014 -> train, val2014 -> val)
+  refer     --refs "refs(unc).p" --instances instances.json --images IMAGES  (grounding; the refs' splits)
+  ofa-tsv   --tsv SPLIT=FILE.tsv ...                                 (any task; OFA's column layouts, base64 images)
+Writes OUT/<task>-<split>-%06d.tar (webdataset: <key>.jpg resized so the longest side is
+data.shard.image_size[task], <key>.json the sample fields of docs/design.md) and OUT/sizes.json. The folder appears
+only when complete; identical inputs give identical bytes. A missing or corrupt image skips its sample (counted,
+listed in sizes.json and printed); a malformed file or record stops with an error naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable
+
+from tqdm import tqdm
+from webdataset.writer import TarWriter
+
+from narvl import params as params_mod
+from narvl.data import images as imglib
+from narvl.data.readers import Record, read_karpathy, read_ofa_tsv, read_refer, read_vqav2
+from narvl.data.tokenizer import bins_string, box_to_bins
+from narvl.errors import NarvlError
+from narvl.io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"karpathy": "caption", "vqav2": "vqa", "refer": "grounding", "ofa-tsv": None}
+MTIME = 0  # fixed tar member times, owner and mode: identical inputs give identical shard bytes
+SKIPPED_SHOWN = 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", required=True, type=Path, help="params/data.yaml")
+    parser.add_argument("--task", required=True, choices=params_mod.TASKS)
+    parser.add_argument("--format", required=True, choices=list(FORMATS))
+    parser.add_argument("--annotations", nargs="+", type=Path,
+                        help="karpathy: dataset_coco.json; vqav2: the annotation files")
+    parser.add_argument("--questions", nargs="+", type=Path, help="vqav2: the question files")
+    parser.add_argument("--refs", type=Path, help="refer: refs(unc).p (or umd/google)")
+    parser.add_argument("--instances", type=Path, help="refer: COCO instances.json")
+    parser.add_argument("--images", type=Path, help="folder of the COCO images (train2014/, val2014/)")
+    parser.add_argument("--tsv", nargs="+", metavar="SPLIT=FILE", help="ofa-tsv: one file per split")
+    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/shards/caption")
+
+
+class _SplitWriter:
+    """The shards of one split: `<task>-<split>-%06d.tar`, a new file every `per_shard` samples."""
+
+    def __init__(self, folder: Path, task: str, split: str, per_shard: int):
+        self.folder, self.task, self.split, self.per_shard = folder, task, split, per_shard
+        self.shards: list[str] = []
+        self.count = 0
+        self.skipped: list[str] = []
+        self._file = None
+        self._tar: TarWriter | None = None
+
+    def write(self, jpg: bytes, meta: dict) -> None:
+        if self.count % self.per_shard == 0:
+            self.close()
+            name = f"{self.task}-{self.split}-{len(self.shards):06d}.tar"
+            self.shards.append(name)
+            self._file = open(self.folder / name, "wb")
+            self._tar = TarWriter(self._file, user="narvl", group="narvl", mode=0o444, mtime=MTIME,
+                                  encoder=False, format="USTAR_FORMAT")
+        key = f"{self.split}_{self.count:08d}"
+        meta = {**meta, "id": key}
+        self._tar.write({"__key__": key, "jpg": jpg,
+                         "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")})
+        self.count += 1
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+            self._file.close()
+            self._tar = self._file = None
+
+    def sizes(self) -> dict:
+        return {"shards": self.shards, "samples": self.count, "skipped": len(self.skipped),
+                "skipped_ids": self.skipped}
+
+
+def _check_key_part(split: str) -> str:
+    if not split or "." in split or "/" in split:
+        raise NarvlError(f"split name {split!r}: must be non-empty, without dots or slashes")
+    return split
+
+
+def write_shards(records: Iterable[Record], task: str, data_params, out: Path, total: int | None = None) -> dict:
+    """Write records into OUT (atomically, the whole folder) and return the sizes.json content."""
+    shard_params = data_params.shard
+    if task not in shard_params.image_size:
+        raise NarvlError(f"data.shard.image_size has no entry for task '{task}'")
+    longest = shard_params.image_size[task]
+    num_bins = data_params.tokenizer.num_bins
+    cache: OrderedDict[str, tuple[bytes, tuple[int, int], tuple[int, int]] | imglib.BadImage] = OrderedDict()
+    with atomic_path(out, is_dir=True) as tmp:
+        writers: dict[str, _SplitWriter] = {}
+        try:
+            for rec in tqdm(records, total=total, desc=f"shard {task}", unit="sample", mininterval=1.0):
+                writer = writers.get(rec.split)
+                if writer is None:
+                    writer = writers[rec.split] = _SplitWriter(tmp, task, _check_key_part(rec.split), shard_params.samples_per_shard)
+                image = cache.get(rec.image_key)
+                if image is None:
+                    try:
+                        source = imglib.decode_base64(rec.image) if isinstance(rec.image, str) else rec.image
+                        pil = imglib.open_image(source)
+                        resized = imglib.resize_longest(pil, longest)
+                        image = (imglib.encode_jpeg(resized, shard_params.jpeg_quality), pil.size, resized.size)
+                    except imglib.BadImage as e:
+                        image = e
+                    cache[rec.image_key] = image
+                    if len(cache) > 64:
+                        cache.popitem(last=False)
+                if isinstance(image, imglib.BadImage):
+                    log.warning("%s %s: skipped: %s", rec.split, rec.source_id, image)
+                    writer.skipped.append(rec.source_id)
+                    continue
+                jpg, orig_size, size = image
+                meta = dict(task=task, split=rec.split, image_id=rec.image_id, orig_size=list(orig_size),
+                            size=list(size), **rec.fields)
+                if task == "grounding":
+                    box = [round(c, 3) for c in imglib.scale_box(meta["orig_box"], orig_size, size)]
+                    meta["box"] = box
+                    meta["target"] = bins_string(box_to_bins(box, max(size), num_bins))
+                writer.write(jpg, meta)
+        finally:
+            for writer in writers.values():
+                writer.close()
+        if not writers:
+            raise NarvlError(f"{out}: the input has no samples")
+        sizes = {split: w.sizes() for split, w in sorted(writers.items())}
+        write_json(tmp / "sizes.json", sizes)
+    for split, s in sizes.items():
+        print(f"{out}: {split}: {s['samples']} samples in {len(s['shards'])} shards, {s['skipped']} skipped")
+        if s["skipped"]:
+            shown = ", ".join(s["skipped_ids"][:SKIPPED_SHOWN])
+            more = f" and {s['skipped'] - SKIPPED_SHOWN} more" if s["skipped"] > SKIPPED_SHOWN else ""
+            print(f"  skipped ({split}): {shown}{more}")
+    return sizes
+
+
+def _need(args: argparse.Namespace, *names: str) -> None:
+    missing = [f"--{n}" for n in names if getattr(args, n) is None]
+    if missing:
+        raise NarvlError(f"--format {args.format} needs {' '.join(missing)}")
+
+
+def main(args: argparse.Namespace) -> int:
+    data_params = params_mod.load(args.params, "data")
+    expected = FORMATS[args.format]
+    if expected is not None and expected != args.task:
+        raise NarvlError(f"--format {args.format} holds {expected} data, not --task {args.task}")
+    total = None
+    if args.format == "karpathy":
+        _need(args, "annotations", "images")
+        if len(args.annotations) != 1:
+            raise NarvlError("--format karpathy takes one --annotations file (dataset_coco.json)")
+        records = read_karpathy(args.annotations[0], args.images)
+        total = len(records)
+    elif args.format == "vqav2":
+        _need(args, "questions", "annotations", "images")
+        records = read_vqav2(sorted(args.questions), sorted(args.annotations), args.images)
+        total = len(records)
+    elif args.format == "refer":
+        _need(args, "refs", "instances", "images")
+        records = read_refer(args.refs, args.instances, args.images)
+        total = len(records)
+    else:
+        _need(args, "tsv")
+        files = []
+        for spec in args.tsv:
+            split, sep, file = spec.partition("=")
+            if not sep or not split or not file:
+                raise NarvlError(f"--tsv {spec}: expected SPLIT=FILE.tsv")
+            files.append((split, Path(file)))
+        if len({s for s, _ in files}) != len(files):
+            raise NarvlError("--tsv: a split is given twice")
+        for _, file in files:
+            if not file.is_file():
+                raise NarvlError(f"{file}: no such file")
+
+        def chained():
+            for split, file in sorted(files):
+                yield from read_ofa_tsv(args.task, split, file)
+
+        records = chained()
+    write_shards(records, args.task, data_params, args.out, total=total)
+    return 0
+
+
+def read_sizes(shard_dir: Path) -> dict:
+    """sizes.json of a shard folder, checked."""
+    path = Path(shard_dir) / "sizes.json"
+    if not path.is_file():
+        raise NarvlError(f"{path}: no such file (is {shard_dir} a shard folder made by `narvl shard`?)")
+    return read_json(path)

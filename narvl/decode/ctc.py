@@ -1,0 +1,143 @@
+"""CTC decoding of the NAR model's N slot distributions.
+
+    greedy_decode(log_probs, blank, eos=None, lengths=None)  per-slot argmax, merge repeats, drop blanks
+    beam_search(log_probs, blank, beam_size, lengths=None)   CTC prefix beam search (blank / non-blank split)
+    box_tokens(ids, bin_start, num_bins, slot_log_probs)     exactly 4 location tokens for grounding
+
+Inputs are torch log-probabilities (T, V) for one item or (B, T, V) for a batch; a (T, V) input returns one
+result, a (B, T, V) input a list. `lengths` (B,) ignores frames past each item's length (default: all T).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def collapse(frames: list[int], blank: int, eos: int | None = None) -> list[int]:
+    """Merge adjacent repeats, drop blanks; with `eos`, stop at the first EOS (not returned)."""
+    out, prev = [], None
+    for f in frames:
+        if f != prev and f != blank:
+            if eos is not None and f == eos:
+                break
+            out.append(f)
+        prev = f
+    return out
+
+
+def _batched(log_probs: Tensor, lengths) -> tuple[Tensor, list[int], bool]:
+    if log_probs.dim() == 2:
+        log_probs, single = log_probs.unsqueeze(0), True
+    elif log_probs.dim() == 3:
+        single = False
+    else:
+        raise ValueError(f"log_probs must be (T, V) or (B, T, V), got {tuple(log_probs.shape)}")
+    b, t, _ = log_probs.shape
+    if lengths is None:
+        lens = [t] * b
+    else:
+        lens = [int(x) for x in (lengths.tolist() if isinstance(lengths, Tensor) else lengths)]
+        if len(lens) != b or any(not 0 <= x <= t for x in lens):
+            raise ValueError(f"lengths {lens} do not fit {b} items of {t} frames")
+    return log_probs, lens, single
+
+
+def greedy_decode(log_probs: Tensor, blank: int, eos: int | None = None, lengths=None):
+    """-> token ids (list[int]) for a (T, V) input, list of them for (B, T, V)."""
+    log_probs, lens, single = _batched(log_probs, lengths)
+    best = log_probs.argmax(-1).tolist()  # (B, T)
+    out = [collapse(row[:n], blank, eos) for row, n in zip(best, lens)]
+    return out[0] if single else out
+
+
+def _logadd(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    m = max(a, b)
+    return m + math.log1p(math.exp(-abs(a - b)))
+
+
+def _beam_one(lp: Tensor, blank: int, beam_size: int) -> list[tuple[list[int], float]]:
+    """Prefix beam search over lp (T, V) float64 log-probs. Each prefix keeps log P(prefix, last frame blank) and
+    log P(prefix, last frame non-blank); after every frame the beam_size prefixes of largest total survive."""
+    t_len, v = lp.shape
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix -> (p_blank, p_nonblank)
+    for t in range(t_len):
+        frame = lp[t]  # (V,)
+        frame_list = frame.tolist()
+        prefixes = list(beams)
+        pb = torch.tensor([beams[p][0] for p in prefixes], dtype=torch.float64)  # (K,)
+        pnb = torch.tensor([beams[p][1] for p in prefixes], dtype=torch.float64)
+        total = torch.logaddexp(pb, pnb)  # (K,)
+        # extensions p + c for every prefix p and symbol c != blank: (K, V)
+        ext = total[:, None] + frame[None, :]
+        for j, p in enumerate(prefixes):
+            if p:  # repeating the last symbol only extends after a blank
+                ext[j, p[-1]] = pb[j] + frame_list[p[-1]]
+        ext[:, blank] = -math.inf
+        # staying: blank after anything, or the last symbol repeated (merged)
+        new: dict[tuple[int, ...], list[float]] = {}
+        for j, p in enumerate(prefixes):
+            stay_nb = pnb[j].item() + frame_list[p[-1]] if p else -math.inf
+            new[p] = [total[j].item() + frame_list[blank], stay_nb]
+        # an extension that equals a surviving prefix adds to it instead of competing
+        index = {p: j for j, p in enumerate(prefixes)}
+        for q in prefixes:
+            if q and q[:-1] in index:
+                j = index[q[:-1]]
+                new[q][1] = _logadd(new[q][1], ext[j, q[-1]].item())
+                ext[j, q[-1]] = -math.inf
+        # candidates: the stayed prefixes and the best fresh extensions
+        flat = ext.view(-1)
+        k = min(beam_size, flat.numel())
+        top_val, top_idx = flat.topk(k)
+        for val, idx in zip(top_val.tolist(), top_idx.tolist()):
+            if val == -math.inf:
+                break
+            j, c = divmod(idx, v)
+            new[prefixes[j] + (c,)] = [-math.inf, val]
+        ranked = sorted(new.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)[:beam_size]
+        beams = {p: (s[0], s[1]) for p, s in ranked}
+    ranked = sorted(((list(p), _logadd(*s)) for p, s in beams.items()), key=lambda x: x[1], reverse=True)
+    return ranked
+
+
+def beam_search(log_probs: Tensor, blank: int, beam_size: int, lengths=None):
+    """-> best-first list of (token ids, log-probability) for a (T, V) input; a list of those for (B, T, V).
+
+    The log-probability is the mass the beam kept for the prefix (exact when no alignment was pruned).
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    log_probs, lens, single = _batched(log_probs, lengths)
+    lp = log_probs.detach().to("cpu", torch.float64)
+    out = [_beam_one(lp[i, :n], blank, beam_size) for i, n in enumerate(lens)]
+    return out[0] if single else out
+
+
+def box_tokens(ids: list[int], bin_start: int, num_bins: int, slot_log_probs: Tensor | None = None) -> list[int]:
+    """Exactly 4 location-token ids [x0, y0, x1, y1] from a decoded sequence.
+
+    1. The first 4 location tokens (ids in [bin_start, bin_start + num_bins)) of `ids`, when there are 4.
+    2. Otherwise, with `slot_log_probs` (N, V) of the NAR model (N >= 4): for every slot its most probable
+       location token (argmax restricted to the bins); keep the 4 slots whose best bin is most probable, in slot
+       order. The collapsed output is then ignored entirely (mixing a partial decode with per-slot picks would
+       misalign coordinates).
+    3. Otherwise (AR output, too few slots): the found coordinates, the missing ones filled from the whole-image
+       box (x0, y0 -> first bin; x1, y1 -> last bin).
+    """
+    found = [i for i in ids if bin_start <= i < bin_start + num_bins]
+    if len(found) >= 4:
+        return found[:4]
+    if slot_log_probs is not None and slot_log_probs.size(0) >= 4:
+        bins = slot_log_probs[:, bin_start:bin_start + num_bins]  # (N, num_bins)
+        best_val, best_bin = bins.max(-1)  # (N,)
+        slots = sorted(best_val.topk(4).indices.tolist())
+        return [bin_start + int(best_bin[s]) for s in slots]
+    whole = [bin_start, bin_start, bin_start + num_bins - 1, bin_start + num_bins - 1]
+    return found + whole[len(found):]

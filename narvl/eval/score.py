@@ -1,0 +1,110 @@
+"""Score a predictions file with the official metrics and write one metrics JSON per (task, split, model, decoder).
+
+    narvl score caption   --params params/score.yaml --references REFS.json --predictions P.json --out M.json
+    narvl score vqa       --params params/score.yaml --questions Q.json --annotations A.json --predictions P.json --out M.json
+    narvl score grounding --params params/score.yaml --refs "refs(unc).p" --instances instances.json --split S --predictions P.json --out M.json
+    narvl score grounding --params params/score.yaml --references data/shards/grounding --split S --predictions P.json --out M.json
+
+Reads: COCO caption annotations + results `[{"image_id", "caption"}]` (pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L,
+CIDEr, SPICE when Stanford CoreNLP is installed, else listed as unavailable with the reason); VQA v2 questions +
+annotations + `[{"question_id", "answer"}]` (official VQA accuracy, overall and per answer type, in percent);
+refer-toolkit refs + COCO instances, or grounding shards, + `[{"sent_id" | "sample_id" | "ref_id", "box"}]` in
+original pixels (Acc@0.5, OFA's IoU convention).
+
+Writes: `--out` as `{"task", "split", "model", "decoder", "metrics", "headline", "unavailable", "coverage",
+"details", "provenance"}`. The cell is parsed from the file name `<task>-<split>-<model>-<decoder>.json` (--out, else
+--predictions) unless --split/--model/--decoder are given. Provenance: narvl version, the score params and their
+hash, sha256 of every input, and the decoding provenance (model file, step, params hash, timing) from --provenance
+or, when present, the decode sidecar `<predictions stem>.meta.json`.
+
+Bad input stops with an error naming the file and record: not JSON, not a list, a record without its id or value,
+duplicate ids, ids that the references do not have. References without a prediction follow
+`score.missing_predictions` (error, or scored as wrong and listed under "coverage").
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from narvl import params as params_mod
+from narvl.errors import NarvlError
+from narvl.eval import common
+from narvl.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", required=True, type=Path, help="params/score.yaml")
+    p.add_argument("--predictions", required=True, type=Path, help="predictions JSON (official results format)")
+    p.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
+    p.add_argument("--provenance", type=Path, default=None,
+                   help="decoding provenance JSON (default: the predictions' .meta.json sidecar when present)")
+    p.add_argument("--model", dest="model_name", default=None, choices=["ar", "nar", "nar-kd"],
+                   help="model name of the cell (default: from the --out file name)")
+    p.add_argument("--decoder", default=None, choices=["greedy", "beam"],
+                   help="decoder of the cell (default: from the --out file name)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
+    p = sub.add_parser("caption", help="BLEU, METEOR, ROUGE-L, CIDEr, SPICE (pycocoevalcap)")
+    _common_args(p)
+    p.add_argument("--references", required=True, type=Path, help="COCO caption annotations JSON")
+    p.add_argument("--split", default=None, help="split of the cell (default: from the --out file name)")
+
+    p = sub.add_parser("vqa", help="official VQA accuracy")
+    _common_args(p)
+    p.add_argument("--questions", required=True, type=Path, help="VQA questions JSON")
+    p.add_argument("--annotations", required=True, type=Path, help="VQA annotations JSON")
+    p.add_argument("--split", default=None, help="split of the cell (default: from the --out file name)")
+
+    p = sub.add_parser("grounding", help="Acc@0.5 (IoU as OFA)")
+    _common_args(p)
+    p.add_argument("--split", required=True, help="refer split: val, testA, testB, test")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--refs", type=Path, help='refer toolkit "refs(unc).p" (with --instances)')
+    src.add_argument("--references", type=Path, help="grounding shard folder (sizes.json + tars)")
+    p.add_argument("--instances", type=Path, help="COCO instances.json (with --refs)")
+
+
+def main(args: argparse.Namespace) -> int:
+    score_params = params_mod.load(args.params, "score")
+    args.model = args.model_name
+    if args.task == "caption":
+        from narvl.eval import caption
+
+        result = caption.score(args.references, args.predictions, score_params)
+        inputs = {"references": args.references, "predictions": args.predictions}
+    elif args.task == "vqa":
+        from narvl.eval import vqa
+
+        result = vqa.score(args.questions, args.annotations, args.predictions, score_params)
+        inputs = {"questions": args.questions, "annotations": args.annotations, "predictions": args.predictions}
+    else:
+        from narvl.eval import grounding
+
+        if args.refs is not None:
+            if args.instances is None:
+                raise NarvlError("score grounding: --refs needs --instances (the COCO instances.json with the boxes)")
+            items = grounding.load_refer(args.refs, args.instances, args.split)
+            result = grounding.score(items, args.predictions, score_params, str(args.refs))
+            inputs = {"refs": args.refs, "instances": args.instances, "predictions": args.predictions}
+        else:
+            items, entry = grounding.load_shards(args.references, args.split)
+            result = grounding.score(items, args.predictions, score_params, str(args.references), entry)
+            inputs = {"references_sizes": args.references / "sizes.json", "predictions": args.predictions}
+
+    cell = common.cell_from_args(args.task, args)
+    out = {**cell, **result, "provenance": common.provenance(args, score_params, inputs)}
+    out["provenance"]["score_params_values"] = params_mod.to_dict(score_params)
+    write_json(args.out, out)
+    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["metrics"].items())
+    log.info("%s: %s", args.out, shown)
+    cov = result["coverage"]
+    if cov["missing"]:
+        log.warning("%s: %d of %d items had no prediction and were scored as wrong", args.out, cov["missing"],
+                    cov["references"])
+    return 0

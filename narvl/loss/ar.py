@@ -1,0 +1,49 @@
+"""Teacher-forced cross-entropy with uniform label smoothing for the AR baseline.
+
+For sample i with target y_1..y_L followed by EOS (L+1 predicted positions), logits (B, T, V) where T >= L+1:
+
+    nll_it    = -log p_t(y_t)                 smooth_it = 1/V sum_v -log p_t(v)
+    l_i       = sum_t [(1 - eps) nll_it + eps smooth_it] over the L+1 positions
+    loss      = sum_i w_i l_i / sum_i (L_i + 1)        (mean per predicted token, weights multiply log-likelihoods)
+
+Use `teacher_forcing(tgt_tokens, tgt_lengths, bos, eos, pad)` to build prev_tokens and the shifted targets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def teacher_forcing(tgt_tokens: Tensor, tgt_lengths: Tensor, bos: int, eos: int, pad: int) -> tuple[Tensor, Tensor]:
+    """tgt_tokens (B, T) without bos/eos -> prev_tokens (B, T+1) = [bos, y..., pad] and gold (B, T+1) = [y..., eos,
+    pad]; positions past each target are pad in both."""
+    b, t = tgt_tokens.shape
+    pos = torch.arange(t + 1, device=tgt_tokens.device)[None, :]  # (1, T+1)
+    lengths = tgt_lengths.to(tgt_tokens.device)[:, None]
+    body = torch.cat([tgt_tokens, tgt_tokens.new_full((b, 1), pad)], dim=1)  # (B, T+1)
+    gold = torch.where(pos < lengths, body, torch.where(pos == lengths, eos, pad))
+    shifted = torch.cat([tgt_tokens.new_full((b, 1), bos), tgt_tokens], dim=1)  # (B, T+1)
+    prev = torch.where(pos <= lengths, shifted, pad)
+    return prev, gold
+
+
+def ar_loss(logits: Tensor, gold: Tensor, gold_lengths: Tensor, label_smoothing: float = 0.0,
+            weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """logits (B, T, V); gold (B, T) next tokens (EOS included); gold_lengths (B,) predicted positions per sample
+    (target length + 1). Returns (loss, stats: loss, nll per token, smooth per token, tokens, samples, weight)."""
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    b, t, v = logp.shape
+    mask = (torch.arange(t, device=logp.device)[None, :] < gold_lengths.to(logp.device)[:, None]).float()
+    nll = -logp.gather(-1, gold.clamp(0, v - 1).unsqueeze(-1)).squeeze(-1)  # (B, T)
+    smooth = -logp.mean(-1)  # (B, T)
+    per_token = (1.0 - label_smoothing) * nll + label_smoothing * smooth
+    w = torch.ones(b, device=logp.device) if weights is None else weights.float().to(logp.device)
+    tokens = mask.sum().clamp_min(1.0)
+    loss = (per_token * mask * w[:, None]).sum() / tokens
+    with torch.no_grad():
+        stats = {"loss": float(loss), "nll": float((nll * mask).sum() / tokens),
+                 "smooth": float((smooth * mask).sum() / tokens), "tokens": int(mask.sum()), "samples": b,
+                 "weight": float(w.sum())}
+    return loss, stats

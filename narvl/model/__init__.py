@@ -1,0 +1,93 @@
+"""narvl models: the NAR model (N queries + Q-CTC) and the AR baseline over one OFA-style encoder.
+
+    build_model(kind, arch, vocab_size, num_queries, special_ids) -> NARModel | ARModel
+    save(path, model, meta)   the self-describing fp32 file (`narvl-model-v1`, docs/design.md)
+    load(path) -> (model, meta)
+
+This package never imports narvl.train, narvl.data or narvl.eval: inference needs only the model file, the
+tokenizer and narvl.decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from narvl.errors import NarvlError
+from narvl.io import atomic_path
+from narvl.model.ar import ARModel
+from narvl.model.nar import NARModel
+from narvl.params import ArchParams
+
+FORMAT = "narvl-model-v1"
+KINDS = {"nar": NARModel, "ar": ARModel}
+SPECIAL = ("pad", "bos", "eos", "unk", "blank")
+META_KEYS = ("task", "tokenizer", "step")  # what the caller of save() supplies
+
+
+def build_model(kind: str, arch: ArchParams, vocab_size: int, num_queries: int,
+                special_ids: dict[str, int]) -> NARModel | ARModel:
+    """kind 'nar' or 'ar'; special_ids maps pad, bos, eos, unk, blank to ids (from the tokenizer)."""
+    if kind not in KINDS:
+        raise NarvlError(f"model kind '{kind}' is not one of {', '.join(KINDS)}")
+    missing = [k for k in SPECIAL if k not in special_ids]
+    if missing:
+        raise NarvlError(f"special_ids lacks {', '.join(missing)}")
+    bad = {k: v for k, v in special_ids.items() if not 0 <= v < vocab_size}
+    if bad:
+        raise NarvlError(f"special ids {bad} are outside the vocabulary of {vocab_size}")
+    return KINDS[kind](arch, vocab_size, num_queries, special_ids)
+
+
+def save(path: str | Path, model: NARModel | ARModel, meta: dict[str, Any]) -> None:
+    """Write `{"format", "kind", "task", "arch", "vocab_size", "num_queries", "special_ids", "tokenizer", "step",
+    "state_dict"}` atomically, parameters as fp32 CPU tensors.
+
+    meta supplies task (str), tokenizer (a JSON-like reference, e.g. {"path": ..., "sha256": ...}) and step (int).
+    """
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise NarvlError(f"{path}: model metadata lacks {', '.join(missing)}")
+    model = getattr(model, "module", model)  # unwrap DDP / DeepSpeed engines
+    state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    blob = {
+        "format": FORMAT, "kind": model.kind, "task": meta["task"], "arch": dataclasses.asdict(model.arch),
+        "vocab_size": model.vocab_size, "num_queries": model.num_queries, "special_ids": dict(model.special_ids),
+        "tokenizer": meta["tokenizer"], "step": int(meta["step"]), "state_dict": state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[NARModel | ARModel, dict[str, Any]]:
+    """Rebuild the model from the file alone; returns (model in eval mode, meta without state_dict)."""
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as e:
+        raise NarvlError(f"{path}: no such model file") from e
+    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+        raise NarvlError(f"{path}: not a readable model file: {e}") from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise NarvlError(f"{path}: format is {found!r}, expected '{FORMAT}'")
+    try:
+        arch = ArchParams(**blob["arch"])
+        model = build_model(blob["kind"], arch, blob["vocab_size"], blob["num_queries"], blob["special_ids"])
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise NarvlError(f"{path}: inconsistent model file: {e}") from e
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    return model.eval(), meta
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["ARModel", "NARModel", "build_model", "save", "load", "count_parameters", "FORMAT"]

@@ -1,0 +1,153 @@
+"""The AR baseline (OFA): the same encoder, a causal decoder, teacher forcing, KV-cached generation.
+
+    forward: prev_tokens (B, T) = [bos, y_1 .. y_{T-1}] --embed + positions, causal decoder--> logits (B, T, V)
+    generate: greedy (beam_size 1) or beam search with a per-layer key/value cache; returns token ids
+              without bos/eos. `max_len` counts generated tokens, EOS included: at step max_len EOS is forced.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from narvl.model.decoder import Decoder
+from narvl.model.encoder import Encoder
+from narvl.params import ArchParams
+
+# tokens the AR decoder never emits: padding, the start token and the CTC blank (NAR only)
+BANNED = ("pad", "bos", "blank")
+
+
+class ARModel(nn.Module):
+    kind = "ar"
+
+    def __init__(self, arch: ArchParams, vocab_size: int, num_queries: int, special_ids: dict[str, int]):
+        super().__init__()
+        self.arch, self.vocab_size, self.num_queries = arch, vocab_size, num_queries  # num_queries: unused here
+        self.special_ids = dict(special_ids)
+        self.encoder = Encoder(arch, vocab_size)
+        self.decoder = Decoder(arch)
+
+    def encode(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
+        return self.encoder(images, src_tokens, src_mask)
+
+    def decode(self, prev_tokens: Tensor, memory: Tensor, memory_padding: Tensor, offset: int = 0,
+               caches: list[dict[str, Tensor]] | None = None) -> Tensor:  # (B, L) -> logits (B, L, V)
+        emb = self.encoder.embed_tokens
+        return self.decoder(emb(prev_tokens), memory, memory_padding, emb.weight, causal=True, offset=offset,
+                            caches=caches)
+
+    def forward(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor, prev_tokens: Tensor) -> Tensor:
+        """prev_tokens (B, T) starting with bos -> logits (B, T, V) predicting the next token at each position."""
+        return self.decode(prev_tokens, *self.encode(images, src_tokens, src_mask))
+
+    # ------------------------------------------------------------------------------------------- generation
+    def _next_log_probs(self, tokens: Tensor, memory: Tensor, padding: Tensor, caches, step: int, max_len: int,
+                        min_len: int) -> Tensor:
+        """Log-probabilities (B', V) float32 of the token at position `step` (0-based, after bos)."""
+        if caches is None:  # full recomputation of every position
+            logits = self.decode(tokens, memory, padding)[:, -1]
+        else:  # only the newest token; earlier keys/values come from the cache
+            logits = self.decode(tokens[:, -1:], memory, padding, offset=step, caches=caches)[:, -1]
+        logp = F.log_softmax(logits.float(), dim=-1)  # (B', V)
+        eos = self.special_ids["eos"]
+        for name in BANNED:
+            logp[:, self.special_ids[name]] = -torch.inf
+        if step == max_len - 1:  # the last allowed position: EOS only
+            forced = torch.full_like(logp, -torch.inf)
+            forced[:, eos] = logp[:, eos]
+            return forced
+        if step < min_len:
+            logp[:, eos] = -torch.inf
+        return logp
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor, max_len: int, beam_size: int = 1,
+                 length_penalty: float = 1.0, min_len: int = 0, use_cache: bool = True) -> list[list[int]]:
+        """Token ids per item (no bos/eos). beam_size 1 is greedy.
+
+        Finished beam hypotheses are ranked by sum log p / length ** length_penalty (length counts EOS), as in
+        fairseq. `min_len` suppresses EOS at steps before it (min_len >= max_len forces full-length generation,
+        EOS at step max_len, as the benchmark does). `use_cache=False` recomputes every position at every step (for tests).
+        """
+        if max_len < 1:
+            raise ValueError(f"max_len must be at least 1, got {max_len}")
+        if max_len > self.arch.max_target_len:
+            raise ValueError(f"max_len {max_len} exceeds max_target_len {self.arch.max_target_len}")
+        memory, padding = self.encode(images, src_tokens, src_mask)
+        if beam_size == 1:
+            return self._greedy(memory, padding, max_len, min_len, use_cache)
+        return self._beam(memory, padding, max_len, beam_size, length_penalty, min_len, use_cache)
+
+    def _new_caches(self, use_cache: bool):
+        return [{} for _ in self.decoder.layers] if use_cache else None
+
+    def _greedy(self, memory, padding, max_len, min_len, use_cache) -> list[list[int]]:
+        b = memory.size(0)
+        bos, eos, pad = (self.special_ids[k] for k in ("bos", "eos", "pad"))
+        tokens = torch.full((b, 1), bos, dtype=torch.long, device=memory.device)  # (B, 1 + step)
+        finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
+        caches = self._new_caches(use_cache)
+        for step in range(max_len):
+            nxt = self._next_log_probs(tokens, memory, padding, caches, step, max_len, min_len).argmax(-1)  # (B,)
+            nxt = nxt.masked_fill(finished, pad)
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            finished |= nxt == eos
+            if bool(finished.all()):
+                break
+        out = []
+        for row in tokens[:, 1:].tolist():
+            out.append(row[:row.index(eos)] if eos in row else row)
+        return out
+
+    def _beam(self, memory, padding, max_len, k, length_penalty, min_len, use_cache) -> list[list[int]]:
+        b, device = memory.size(0), memory.device
+        bos, eos = self.special_ids["bos"], self.special_ids["eos"]
+        memory = memory.repeat_interleave(k, dim=0)  # (B*K, S, d), beams of item i at rows i*K..i*K+K-1
+        padding = padding.repeat_interleave(k, dim=0)
+        tokens = torch.full((b * k, 1), bos, dtype=torch.long, device=device)  # (B*K, 1 + step)
+        scores = torch.full((b, k), -torch.inf, device=device)
+        scores[:, 0] = 0.0  # all beams start identical: keep one
+        finalized: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+        done = [False] * b
+        caches = self._new_caches(use_cache)
+        for step in range(max_len):
+            logp = self._next_log_probs(tokens, memory, padding, caches, step, max_len, min_len)  # (B*K, V)
+            v = logp.size(-1)
+            cand = (scores[:, :, None] + logp.view(b, k, v)).view(b, k * v)  # (B, K*V)
+            top_val, top_idx = cand.topk(min(2 * k, k * v), dim=-1)  # (B, 2K)
+            top_val, top_idx = top_val.tolist(), top_idx.tolist()
+            origin = torch.arange(b * k, device=device).view(b, k).clone()  # rows to continue from
+            next_tok = torch.full((b, k), eos, dtype=torch.long, device=device)
+            next_scores = torch.full((b, k), -torch.inf, device=device)
+            for i in range(b):
+                if done[i]:
+                    continue
+                kept = 0
+                for rank, (val, idx) in enumerate(zip(top_val[i], top_idx[i])):
+                    if val == -torch.inf:
+                        break
+                    beam, tok = divmod(idx, v)
+                    if tok == eos:
+                        if rank < k:  # an EOS among the K best candidates ends a hypothesis
+                            hyp = tokens[i * k + beam, 1:].tolist()
+                            finalized[i].append((val / (step + 1) ** length_penalty, hyp))
+                        continue
+                    if kept < k:
+                        origin[i, kept], next_tok[i, kept], next_scores[i, kept] = i * k + beam, tok, val
+                        kept += 1
+                if len(finalized[i]) >= k or kept == 0:
+                    done[i] = True
+            if all(done):
+                break
+            origin = origin.view(-1)
+            tokens = torch.cat([tokens[origin], next_tok.view(-1, 1)], dim=1)
+            scores = next_scores
+            for i in range(b):
+                if done[i]:
+                    scores[i] = -torch.inf
+            if caches is not None:
+                for cache in caches:
+                    cache["k"], cache["v"] = cache["k"][origin], cache["v"][origin]
+        return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in finalized]

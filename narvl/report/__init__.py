@@ -1,0 +1,1 @@
+"""`narvl report`: results tables, plots, the predictions gallery and the README results block."""

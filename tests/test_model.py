@@ -1,0 +1,242 @@
+"""NAR and AR models: shapes for every preset, gradients to every parameter, padding masks, KV-cached generation
+equal to full recomputation, save/load round trips, and the package's import boundary."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from narvl import model as narvl_model
+from narvl.errors import NarvlError
+from narvl.model import build_model
+from narvl.model.encoder import ResNetTrunk
+from narvl.params import PRESETS
+
+SPECIAL = {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "blank": 4}
+V = 40
+TINY = dataclasses.replace(PRESETS["cpu"], d_model=32, heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=64,
+                           resnet_width=8, dropout=0.0, max_source_len=16, max_target_len=12)
+
+
+def inputs(b=2, s=6, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(b, 3, size, size, generator=g)
+    src = torch.randint(5, V, (b, s), generator=g)
+    mask = torch.zeros(b, s, dtype=torch.bool)
+    mask[1:, s - 2:] = True  # second item: 2 padding positions
+    src = src.masked_fill(mask, SPECIAL["pad"])
+    return images, src, mask
+
+
+def spread(model: nn.Module, seed: int = 0, std: float = 1.0) -> nn.Module:
+    """Re-draw every weight except the norms' so that an untrained model's outputs vary from step to step (a
+    freshly initialised tied decoder tends to repeat one token, which would make generation tests vacuous)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (nn.LayerNorm, nn.BatchNorm2d)):
+                continue
+            for p in mod.parameters(recurse=False):
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["nar", "ar"])
+def test_gradients_reach_every_parameter(kind):
+    torch.manual_seed(0)
+    m = build_model(kind, TINY, V, 5, SPECIAL).train()
+    images, src, mask = inputs()
+    if kind == "nar":
+        logits = m(images, src, mask)
+        assert logits.shape == (2, 5, V)
+    else:
+        prev = torch.randint(5, V, (2, 7))
+        logits = m(images, src, mask, prev)
+        assert logits.shape == (2, 7, V)
+    logits.float().logsumexp(-1).sum().add(logits.float().pow(2).mean()).backward()
+    missing = [name for name, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing
+
+
+@pytest.mark.parametrize("kind", ["nar", "ar"])
+def test_padding_positions_do_not_matter(kind):
+    m = spread(build_model(kind, TINY, V, 5, SPECIAL)).eval()
+    images, src, mask = inputs()
+    other = src.clone()
+    other[mask] = 17  # change the padded token ids only
+    extra = () if kind == "nar" else (torch.randint(5, V, (2, 4)),)
+    with torch.no_grad():
+        a, b = m(images, src, mask, *extra), m(images, other, mask, *extra)
+    assert torch.allclose(a, b, atol=1e-5)
+    with torch.no_grad():  # and unmasked text does matter
+        c = m(images, other, torch.zeros_like(mask), *extra)
+    assert not torch.allclose(a[1], c[1], atol=1e-3)
+
+
+def test_ar_is_causal():
+    m = spread(build_model("ar", TINY, V, 5, SPECIAL)).eval()
+    images, src, mask = inputs()
+    prev = torch.randint(5, V, (2, 6))
+    changed = prev.clone()
+    changed[:, 4:] = 9
+    with torch.no_grad():
+        a, b = m(images, src, mask, prev), m(images, src, mask, changed)
+    assert torch.allclose(a[:, :4], b[:, :4], atol=1e-5)
+    assert not torch.allclose(a[:, 4:], b[:, 4:], atol=1e-3)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_kv_cached_generation_equals_full_recomputation(beam_size):
+    m = spread(build_model("ar", TINY, V, 5, SPECIAL), seed=1).eval()
+    images, src, mask = inputs(b=3, seed=2)
+    cached = m.generate(images, src, mask, max_len=8, beam_size=beam_size, length_penalty=1.0)
+    full = m.generate(images, src, mask, max_len=8, beam_size=beam_size, length_penalty=1.0, use_cache=False)
+    assert cached == full
+    tokens = [t for row in cached for t in row]
+    assert len(set(tokens)) > 3, cached  # outputs vary: the comparison is not vacuous
+    assert all(t not in (SPECIAL["pad"], SPECIAL["bos"], SPECIAL["blank"], SPECIAL["eos"]) for t in tokens)
+    assert all(len(row) <= 7 for row in cached)  # max_len counts EOS
+
+
+def test_greedy_generation_follows_forward_argmax_and_stops_at_eos():
+    m = spread(build_model("ar", TINY, V, 5, SPECIAL), seed=3).eval()
+    eos = SPECIAL["eos"]
+    images, src, mask = inputs(b=2, seed=4)
+    out = m.generate(images, src, mask, max_len=10)
+    for i, row in enumerate(out):
+        prev = torch.tensor([[SPECIAL["bos"]] + row])
+        with torch.no_grad():
+            logits = m(images[i:i + 1], src[i:i + 1], mask[i:i + 1], prev)[0].float()
+        for name in ("pad", "bos", "blank"):
+            logits[:, SPECIAL[name]] = -torch.inf
+        if len(row) < 9:  # ended by a real EOS, not by the length limit
+            assert logits[-1].argmax().item() == eos
+        assert logits[:-1].argmax(-1).tolist() == row
+    # forcing full length: EOS suppressed until the last step
+    full = m.generate(images, src, mask, max_len=10, min_len=10)
+    assert all(len(row) == 9 for row in full)
+    beams = m.generate(images, src, mask, max_len=10, beam_size=4, min_len=10)
+    assert all(len(row) == 9 for row in beams)
+
+
+def teacher_forced_scores(m, images, src, mask, rows, length_penalty):
+    """Length-normalised log-probability of each row + EOS (the model's own log-softmax, as fairseq scores)."""
+    out = []
+    for i, row in rows:
+        prev = torch.tensor([[SPECIAL["bos"]] + row])
+        with torch.no_grad():
+            lp = m(images[i:i + 1], src[i:i + 1], mask[i:i + 1], prev)[0].float().log_softmax(-1)
+        gold = row + [SPECIAL["eos"]]
+        out.append(sum(lp[t, g].item() for t, g in enumerate(gold)) / len(gold) ** length_penalty)
+    return out
+
+
+def test_beam_search_is_exact_when_nothing_is_pruned():
+    """max_len 2 (at most one token, then EOS) and a beam as wide as the vocabulary: the result is the best of all
+    candidate outputs, scored independently by teacher forcing."""
+    m = spread(build_model("ar", TINY, V, 5, SPECIAL), seed=5).eval()
+    images, src, mask = inputs(b=2, seed=6)
+    out = m.generate(images, src, mask, max_len=2, beam_size=V, length_penalty=1.0)
+    allowed = [t for t in range(V) if t not in (SPECIAL["pad"], SPECIAL["bos"], SPECIAL["blank"], SPECIAL["eos"])]
+    for i in range(2):
+        candidates = [[]] + [[t] for t in allowed]
+        scores = teacher_forced_scores(m, images, src, mask, [(i, c) for c in candidates], 1.0)
+        assert out[i] == candidates[max(range(len(candidates)), key=scores.__getitem__)]
+
+
+def test_beam_of_one_is_greedy_and_items_are_independent():
+    m = spread(build_model("ar", TINY, V, 5, SPECIAL), seed=8).eval()
+    images, src, mask = inputs(b=3, seed=9)
+    with torch.no_grad():
+        memory, padding = m.encode(images, src, mask)
+        assert m._beam(memory, padding, 10, 1, 1.0, 0, True) == m.generate(images, src, mask, max_len=10)
+    batched = m.generate(images, src, mask, max_len=10, beam_size=4, length_penalty=0.5)
+    single = [m.generate(images[i:i + 1], src[i:i + 1], mask[i:i + 1], max_len=10, beam_size=4,
+                         length_penalty=0.5)[0] for i in range(3)]
+    assert batched == single
+    assert len({tuple(r) for r in batched}) > 1
+
+
+@pytest.mark.parametrize("preset", ["cpu", "tiny", "base", "large"])
+def test_every_preset_builds_with_the_paper_trunk(preset):
+    arch = PRESETS[preset]
+    with torch.device("meta"):
+        m = build_model("nar", arch, 1200, 20, SPECIAL).eval()
+        images = torch.empty(2, 3, 64, 64)
+        src = torch.zeros(2, 5, dtype=torch.long)
+        logits = m(images, src, torch.zeros(2, 5, dtype=torch.bool))
+        ar = build_model("ar", arch, 1200, 20, SPECIAL).eval()
+        ar_logits = ar(images, src, torch.zeros(2, 5, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.long))
+    assert logits.shape == (2, 20, 1200) and ar_logits.shape == (2, 3, 1200)
+    if preset in ("tiny", "base", "large"):  # ResNet-50/101/152 cut after stage 3, as torchvision builds them
+        ref = {"tiny": torchvision.models.resnet50, "base": torchvision.models.resnet101,
+               "large": torchvision.models.resnet152}[preset]
+        with torch.device("meta"):
+            tv = ref()
+        expected = sum(p.numel() for mod in (tv.conv1, tv.bn1, tv.layer1, tv.layer2, tv.layer3)
+                       for p in mod.parameters())
+        assert sum(p.numel() for p in m.encoder.trunk.parameters()) == expected
+        assert m.encoder.trunk.out_channels == 1024
+
+
+def test_trunk_has_stride_16():
+    trunk = ResNetTrunk("basic", [1, 1, 1], 8).eval()
+    with torch.no_grad():
+        assert trunk(torch.zeros(1, 3, 64, 96)).shape == (1, 32, 4, 6)
+
+
+def test_image_larger_than_position_table_is_refused():
+    m = build_model("nar", dataclasses.replace(TINY, image_grid=2), V, 5, SPECIAL).eval()
+    images, src, mask = inputs(size=48)
+    with pytest.raises(ValueError, match="position table"):
+        m(images, src, mask)
+
+
+@pytest.mark.parametrize("kind", ["nar", "ar"])
+def test_save_load_round_trip(tmp_path, kind):
+    m = spread(build_model(kind, TINY, V, 5, SPECIAL), seed=7).eval()
+    path = tmp_path / "model.pt"
+    narvl_model.save(path, m, {"task": "vqa", "tokenizer": {"path": "tok.json", "sha256": "abc"}, "step": 12})
+    loaded, meta = narvl_model.load(path)
+    assert type(loaded) is type(m) and not loaded.training
+    assert meta["format"] == "narvl-model-v1" and meta["kind"] == kind and meta["step"] == 12
+    assert meta["tokenizer"] == {"path": "tok.json", "sha256": "abc"} and meta["task"] == "vqa"
+    assert meta["num_queries"] == 5 and meta["special_ids"] == SPECIAL and meta["vocab_size"] == V
+    images, src, mask = inputs()
+    with torch.no_grad():
+        if kind == "nar":
+            assert torch.equal(m(images, src, mask), loaded(images, src, mask))
+        else:
+            prev = torch.randint(5, V, (2, 4))
+            assert torch.equal(m(images, src, mask, prev), loaded(images, src, mask, prev))
+            assert m.generate(images, src, mask, 6, 2) == loaded.generate(images, src, mask, 6, 2)
+
+
+def test_load_rejects_other_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "something-else"}, bad)
+    with pytest.raises(NarvlError, match="format"):
+        narvl_model.load(bad)
+    with pytest.raises(NarvlError, match="no such model file"):
+        narvl_model.load(tmp_path / "missing.pt")
+    with pytest.raises(NarvlError, match="lacks"):
+        narvl_model.save(tmp_path / "x.pt", build_model("nar", TINY, V, 5, SPECIAL), {"task": "vqa"})
+
+
+def test_build_model_checks_its_arguments():
+    with pytest.raises(NarvlError, match="kind"):
+        build_model("rnn", TINY, V, 5, SPECIAL)
+    with pytest.raises(NarvlError, match="blank"):
+        build_model("nar", TINY, V, 5, {k: v for k, v in SPECIAL.items() if k != "blank"})
+
+
+def test_model_package_does_not_import_train_data_or_eval():
+    code = ("import sys, narvl.model, narvl.loss.qctc, narvl.loss.ar, narvl.decode.ctc; "
+            "bad = [m for m in sys.modules if m.split('.')[:2] in (['narvl','train'], ['narvl','data'], "
+            "['narvl','eval'])]; print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,232 @@
+"""narvl report on small synthetic metrics, bench, tensorboard, predictions and shard files."""
+
+import csv
+import io
+import json
+import random
+import re
+import tarfile
+
+import pytest
+from PIL import Image, ImageDraw
+
+from narvl.cli import main as cli_main
+from narvl.errors import NarvlError
+from narvl.report import readme, tables
+from narvl.report.inputs import load_metrics
+
+SPLITS = {"caption": ["test"], "vqa": ["val"], "grounding": ["val", "testA", "testB"]}
+CELLS = [(m, d) for m in ("ar", "nar", "nar-kd") for d in ("greedy", "beam")]
+
+
+def metric_values(task, rng):
+    if task == "caption":
+        return {"Bleu_1": rng.random(), "Bleu_2": rng.random(), "Bleu_3": rng.random(), "Bleu_4": rng.random(),
+                "METEOR": rng.random(), "ROUGE_L": rng.random(), "CIDEr": rng.uniform(0.5, 1.5), "SPICE": None}
+    if task == "vqa":
+        return {"accuracy": round(rng.uniform(40, 80), 2), "accuracy_yes/no": round(rng.uniform(60, 90), 2),
+                "accuracy_number": round(rng.uniform(20, 50), 2), "accuracy_other": round(rng.uniform(30, 60), 2)}
+    return {"Acc@0.5": rng.uniform(50, 95)}
+
+
+def make_metrics(folder, rng, skip=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for task, splits in SPLITS.items():
+        for split in splits:
+            for model, decoder in CELLS:
+                if (task, model, decoder) in skip:
+                    continue
+                m = metric_values(task, rng)
+                cell = {"task": task, "split": split, "model": model, "decoder": decoder, "metrics": m,
+                        "unavailable": {"SPICE": "Stanford CoreNLP 3.6.0 is not installed"} if task == "caption"
+                        else {},
+                        "coverage": {"references": 10, "predicted": 10, "missing": 0, "missing_ids": []},
+                        "provenance": {}}
+                name = f"{task}-{split}-{model}-{decoder}.json"
+                (folder / name).write_text(json.dumps(cell))
+                written[(task, split, model, decoder)] = m
+    return written
+
+
+def make_bench(path, rng):
+    results = []
+    for task in SPLITS:
+        for model, decoder in CELLS:
+            for b in (1, 8, 32):
+                base = {"ar": 40.0, "nar": 8.0, "nar-kd": 8.0}[model] * (2 if decoder == "beam" else 1)
+                results.append({"task": task, "model": model, "decoder": decoder, "batch_size": b,
+                                "ms_per_sample": base / b ** 0.5 * rng.uniform(0.9, 1.1), "samples": 16})
+        results.append({"task": task, "model": "nar", "decoder": "encoder", "batch_size": 1, "ms_per_sample": 3.0})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"device": "cpu", "results": results}))
+    return results
+
+
+def make_runs(folder):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for run in ("caption-ar", "caption-nar"):
+        w = SummaryWriter(str(folder / run / "tb"))
+        for step in range(0, 50, 5):
+            w.add_scalar("train/loss", 5.0 / (1 + step / 10), step)
+            w.add_scalar("train/lr", 1e-4, step)
+        w.close()
+
+
+def _add(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_shards_and_predictions(shards, preds_dir):
+    """Two eval samples per task with real JPEG images, and AR / NAR predictions for them."""
+    preds_dir.mkdir(parents=True, exist_ok=True)
+    for task, split in (("caption", "test"), ("vqa", "val"), ("grounding", "testA")):
+        folder = shards / task
+        folder.mkdir(parents=True)
+        samples = []
+        for i in range(2):
+            img = Image.new("RGB", (96, 64), (40 + 80 * i, 120, 200))
+            ImageDraw.Draw(img).rectangle([20, 10, 60, 50], fill=(250, 200, 0))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG")
+            meta = {"id": f"{split}_{i:08d}", "task": task, "split": split, "image_id": 7 + i,
+                    "orig_size": [192, 128], "size": [96, 64], "prompt": "what does the image describe?",
+                    "target": "a yellow square on blue"}
+            if task == "caption":
+                meta["references"] = ["a yellow square on a blue background", "yellow box"]
+            if task == "vqa":
+                meta.update(question_id=100 + i, prompt="what color is the square?", target="yellow",
+                            answers=["yellow"] * 10, answer_type="other", scores={"yellow": 1.0})
+            if task == "grounding":
+                meta.update(ref_id=1 + i, sent_id=10 + i, prompt='which region does the text " yellow square " '
+                            "describe?", box=[20, 10, 60, 50], orig_box=[40, 20, 120, 100])
+            samples.append((meta, buf.getvalue()))
+        name = f"{task}-{split}-000000.tar"
+        with tarfile.open(folder / name, "w") as tar:
+            for meta, jpg in samples:
+                _add(tar, f"{meta['id']}.jpg", jpg)
+                _add(tar, f"{meta['id']}.json", json.dumps(meta).encode())
+        (folder / "sizes.json").write_text(json.dumps({split: {"shards": [name], "samples": 2, "skipped": 0,
+                                                               "skipped_ids": []}}))
+        for model in ("ar", "nar"):
+            if task == "caption":
+                recs = [{"image_id": m["image_id"], "caption": f"{model} says a square"} for m, _ in samples]
+            elif task == "vqa":
+                recs = [{"question_id": m["question_id"], "answer": "yellow" if model == "ar" else "blue"}
+                        for m, _ in samples]
+            else:
+                shift = 0 if model == "ar" else 30
+                recs = [{"ref_id": m["ref_id"], "sent_id": m["sent_id"], "sample_id": m["id"],
+                         "box": [40 + shift, 20, 120 + shift, 100]} for m, _ in samples]
+            (preds_dir / f"{task}-{split}-{model}-greedy.json").write_text(json.dumps(recs))
+
+
+README_TEXT = "# narvl\n\nIntro stays.\n\n<!-- narvl:results:start -->\nold numbers 1.23\n<!-- narvl:results:end -->\n\nTail.\n"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Inputs written and the report run once for the module (plots take a few seconds)."""
+    tmp_path = tmp_path_factory.mktemp("report")
+    rng = random.Random(3)
+    ws = {"metrics": tmp_path / "results" / "metrics", "bench": tmp_path / "results" / "bench" / "decode.json",
+          "runs": tmp_path / "runs", "predictions": tmp_path / "results" / "predictions",
+          "shards": tmp_path / "data" / "shards", "out": tmp_path / "results", "readme": tmp_path / "README.md"}
+    ws["values"] = make_metrics(ws["metrics"], rng)
+    ws["bench_records"] = make_bench(ws["bench"], rng)
+    make_runs(ws["runs"])
+    make_shards_and_predictions(ws["shards"], ws["predictions"])
+    ws["readme"].write_text(README_TEXT)
+    assert run_report(ws) == 0
+    return ws
+
+
+def run_report(ws):
+    return cli_main(["report"] + [a for k in ("metrics", "bench", "runs", "predictions", "shards", "out", "readme")
+                                  for a in (f"--{k}", str(ws[k]))])
+
+
+def test_report_tables_hold_exactly_the_input_numbers(workspace):
+    ws = workspace
+    rows = list(csv.DictReader(io.StringIO((ws["out"] / "tables" / "main.csv").read_text())))
+    got = {(r["task"], r["split"], r["model"], r["decoder"], r["quantity"]): r["value"] for r in rows}
+    shown = {"caption": ["Bleu_4", "METEOR", "CIDEr", "SPICE"],
+             "vqa": ["accuracy", "accuracy_yes/no", "accuracy_number", "accuracy_other"], "grounding": ["Acc@0.5"]}
+    expected_md = set()
+    for (task, split, model, decoder), metrics in ws["values"].items():
+        for q in shown[task]:
+            v = metrics[q]
+            assert got[(task, split, model, decoder, q)] == ("" if v is None else repr(v))
+            if v is not None:
+                expected_md.add(f"{100 * v:.1f}" if task == "caption" else f"{v:.2f}")
+    lat = {(r["task"], r["model"], r["decoder"]): r["ms_per_sample"] for r in ws["bench_records"]
+           if r["batch_size"] == 1 and r["decoder"] != "encoder"}
+    for (task, model, decoder), ms in lat.items():
+        assert float(got[(task, "", model, decoder, "ms_per_sample@batch1")]) == ms
+        speedup = lat[(task, "ar", decoder)] / ms
+        assert float(got[(task, "", model, decoder, "speedup_vs_ar@batch1")]) == speedup
+        expected_md.add(f"{ms:.2f}")
+        expected_md.add(f"{speedup:.2f}×")
+    md = (ws["out"] / "tables" / "main.md").read_text()
+    table_cells = set()
+    for line in md.splitlines():
+        if line.startswith("| ") and not line.startswith("| model") and "---" not in line:
+            table_cells.update(c.strip() for c in line.strip("|").split("|")[2:])
+    assert table_cells - {"n/a"} == expected_md
+    assert "n/a SPICE: Stanford CoreNLP 3.6.0 is not installed" in md
+    assert "| NAR + KD | beam |" in md and "ms/sample (batch 1)" in md
+
+
+def test_readme_block_is_refreshed_and_nothing_else(workspace):
+    ws = workspace
+    text = ws["readme"].read_text()
+    head, rest = text.split(readme.START)
+    block, tail = rest.split(readme.END)
+    assert head == "# narvl\n\nIntro stays.\n\n" and tail == "\n\nTail.\n"
+    assert "old numbers" not in block and "### Image captioning" in block
+    assert "](results/plots/latency_batch.png)" in block
+    md = (ws["out"] / "tables" / "main.md").read_text()
+    # the README block shows the same table rows as main.md
+    assert [line for line in block.splitlines() if line.startswith("| ")] == [
+        line for line in md.splitlines() if line.startswith("| ")]
+    assert run_report(ws) == 0 and ws["readme"].read_text() == text  # idempotent
+
+
+def test_plots_are_written(workspace):
+    ws = workspace
+    for name in ("training_curves", "latency_batch", "quality_speed", "gallery"):
+        path = ws["out"] / "plots" / f"{name}.png"
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.width > 300 and img.height > 200
+
+
+@pytest.mark.parametrize("text", ["# no markers\n", f"{readme.START}\nx\n", f"{readme.END}\n{readme.START}\n",
+                                  f"{readme.START}\n{readme.START}\n{readme.END}\n"])
+def test_readme_markers_missing_or_misordered_is_an_error(text):
+    with pytest.raises(NarvlError, match="marker|comes before"):
+        readme.replace_block(text, "new")
+
+
+def test_missing_cells_dash_and_missing_predictions_are_flagged(tmp_path):
+    rng = random.Random(1)
+    make_metrics(tmp_path / "m", rng, skip={("vqa", "nar-kd", "greedy"), ("vqa", "nar-kd", "beam")})
+    cell = json.loads((tmp_path / "m" / "vqa-val-nar-greedy.json").read_text())
+    cell["coverage"].update(missing=3, missing_ids=[1, 2, 3])
+    (tmp_path / "m" / "vqa-val-nar-greedy.json").write_text(json.dumps(cell))
+    bench = [r for r in make_bench(tmp_path / "b.json", rng) if not (r["task"] == "vqa" and r["model"] == "nar-kd")]
+    built = {t.task: t for t in tables.build(load_metrics(tmp_path / "m"), bench)}
+    md = tables.to_markdown([built["vqa"]])
+    assert "NAR + KD" not in md
+    nar_row = next(line for line in md.splitlines() if line.startswith("| NAR (NARVL) | greedy"))
+    assert re.search(r"\d\.\d\d†", nar_row)
+    assert "3 of 10 items had no prediction" in md
+
+
+def test_unnamed_or_duplicate_cells_are_errors(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"task": "vqa", "split": None, "model": "ar", "decoder": "greedy",
+                                                 "metrics": {}}))
+    with pytest.raises(NarvlError, match="not fully named"):
+        load_metrics(tmp_path)

@@ -1,0 +1,421 @@
+"""`narvl synth`: determinism, the real formats field by field, boxes on the drawn objects, unique referring
+expressions (checked by an independent reading of the words against the pixels), the text-only baseline, CLI errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pickle
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from narvl import params
+from narvl.cli import main as cli_main
+from narvl.data import synth
+from narvl.errors import NarvlError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REAL_REFS = FIXTURES / "refcoco" / "refcoco_refs_excerpt_tfds.json"
+# fields TFDS adds to the refer toolkit's records (not in the real refs(unc).p): the dataset name, the partition
+# and the joined COCO annotation
+TFDS_EXTRA_FIELDS = {"dataset", "dataset_partition", "ann"}
+
+
+def default_params() -> params.SynthParams:
+    return params.load("params/data.yaml").synth
+
+
+def small_params(**changes) -> params.SynthParams:
+    base = dict(train_images=14, restval_images=2, val_images=3, test_images=4)
+    base.update(changes)
+    return dataclasses.replace(default_params(), **base)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "raw"
+    synth.generate(small_params(), out)
+    return out
+
+
+def load_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------------ determinism
+def test_same_seed_gives_identical_bytes_and_another_seed_does_not(raw, tmp_path):
+    again = tmp_path / "again"
+    synth.generate(small_params(), again)
+    first, second = tree_digest(raw), tree_digest(again)
+    assert first == second
+    expected = {"captions/dataset_coco.json", "captions/captions_karpathy_val.json",
+                "captions/captions_karpathy_test.json", "vqa/v2_OpenEnded_mscoco_train2014_questions.json",
+                "vqa/v2_OpenEnded_mscoco_val2014_questions.json", "vqa/v2_mscoco_train2014_annotations.json",
+                "vqa/v2_mscoco_val2014_annotations.json", "refcoco/refs(unc).p", "refcoco/instances.json"}
+    assert expected <= set(first)
+    assert len([f for f in first if f.startswith("images/")]) == 14 + 2 + 3 + 4
+    other = tmp_path / "other"
+    synth.generate(small_params(seed=1), other)
+    changed = [f for f in first if tree_digest(other).get(f) != first[f]]
+    assert "captions/dataset_coco.json" in changed and len(changed) > 20
+
+
+# ----------------------------------------------------------------------------------------------------- captions
+def test_karpathy_file_fields_splits_and_images(raw):
+    doc = load_json(raw / "captions" / "dataset_coco.json")
+    assert set(doc) == {"images", "dataset"} and doc["dataset"] == "coco"
+    images = doc["images"]
+    assert Counter(im["split"] for im in images) == {"train": 14, "restval": 2, "val": 3, "test": 4}
+    all_sentids = []
+    for imgid, im in enumerate(images):
+        assert set(im) == {"filepath", "filename", "imgid", "split", "sentids", "cocoid", "sentences"}
+        assert im["imgid"] == imgid
+        assert im["filepath"] == ("train2014" if im["split"] == "train" else "val2014")
+        assert im["filename"] == f"COCO_{im['filepath']}_{im['cocoid']:012d}.jpg"
+        with Image.open(raw / "images" / im["filepath"] / im["filename"]) as img:
+            assert img.format == "JPEG" and img.size == (96, 96)
+        assert len(im["sentences"]) == 5 and len({s["raw"] for s in im["sentences"]}) == 5
+        assert im["sentids"] == [s["sentid"] for s in im["sentences"]]
+        for s in im["sentences"]:
+            assert set(s) == {"tokens", "raw", "imgid", "sentid"} and s["imgid"] == imgid
+            assert s["tokens"] == re.sub(r"[^a-z0-9 ]", " ", s["raw"].lower()).split()
+        all_sentids += im["sentids"]
+    assert len(set(all_sentids)) == len(all_sentids)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_coco_caption_files_load_with_pycocotools(raw, split):
+    from pycocotools.coco import COCO
+
+    karpathy = {im["cocoid"]: im for im in load_json(raw / "captions" / "dataset_coco.json")["images"]
+                if im["split"] == split}
+    coco = COCO(str(raw / "captions" / f"captions_karpathy_{split}.json"))
+    assert coco.dataset["type"] == "captions"
+    assert sorted(coco.getImgIds()) == sorted(karpathy)
+    for image_id, im in karpathy.items():
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        assert sorted(a["caption"] for a in anns) == sorted(s["raw"] for s in im["sentences"])
+        assert coco.imgs[image_id]["file_name"] == im["filename"]
+    # a results file in the official format loads against it (what the caption scorer does)
+    results = coco.loadRes([{"image_id": i, "caption": "a red circle"} for i in karpathy])
+    assert sorted(results.getImgIds()) == sorted(karpathy)
+
+
+# ---------------------------------------------------------------------------------------------------------- VQA
+@pytest.mark.parametrize("subtype", ["train2014", "val2014"])
+def test_vqa_files_are_consistent(raw, subtype):
+    qdoc = load_json(raw / "vqa" / f"v2_OpenEnded_mscoco_{subtype}_questions.json")
+    adoc = load_json(raw / "vqa" / f"v2_mscoco_{subtype}_annotations.json")
+    assert set(qdoc) == {"info", "task_type", "data_type", "license", "data_subtype", "questions"}
+    assert set(adoc) == {"info", "license", "data_subtype", "data_type", "annotations"}
+    assert (qdoc["task_type"], qdoc["data_type"], qdoc["data_subtype"]) == ("Open-Ended", "mscoco", subtype)
+    assert (adoc["data_type"], adoc["data_subtype"]) == ("mscoco", subtype)
+    images = {im["cocoid"] for im in load_json(raw / "captions" / "dataset_coco.json")["images"]
+              if im["filepath"] == subtype}
+    questions = {q["question_id"]: q for q in qdoc["questions"]}
+    assert len(questions) == len(qdoc["questions"]) == 3 * len(images)
+    assert {a["question_id"] for a in adoc["annotations"]} == set(questions)
+    for a in adoc["annotations"]:
+        assert set(a) == {"question_type", "multiple_choice_answer", "answers", "image_id", "answer_type",
+                          "question_id"}
+        q = questions[a["question_id"]]
+        assert set(q) == {"image_id", "question", "question_id"} and q["question"].endswith("?")
+        assert q["image_id"] == a["image_id"] and a["image_id"] in images
+        assert a["answer_type"] in ("yes/no", "number", "other")
+        assert q["question"].lower().startswith(a["question_type"])
+        assert [x["answer_id"] for x in a["answers"]] == list(range(1, 11))
+        assert all(set(x) == {"answer", "answer_confidence", "answer_id"} for x in a["answers"])
+        assert all(x["answer_confidence"] in ("yes", "maybe", "no") for x in a["answers"])
+        counts = Counter(x["answer"] for x in a["answers"])
+        assert counts[a["multiple_choice_answer"]] == max(counts.values())
+        if a["answer_type"] == "yes/no":
+            assert a["multiple_choice_answer"] in ("yes", "no")
+        if a["answer_type"] == "number":
+            assert a["multiple_choice_answer"].isdigit()
+
+
+def test_vqa_answers_sometimes_disagree(raw):
+    anns = load_json(raw / "vqa" / "v2_mscoco_train2014_annotations.json")["annotations"]
+    disagreeing = sum(len({x["answer"] for x in a["answers"]}) > 1 for a in anns)
+    assert 0.2 * len(anns) < disagreeing < len(anns)
+
+
+# ---------------------------------------------------------------------------------------------------- RefCOCO
+def real_refs() -> list[dict]:
+    return load_json(REAL_REFS)["ref"]
+
+
+def test_refs_pickle_has_the_real_records_fields(raw):
+    blob = (raw / "refcoco" / "refs(unc).p").read_bytes()
+    assert blob[:2] == b"\x80\x02"  # pickle protocol 2, as the refer toolkit's files
+    refs = pickle.loads(blob)
+    instances = load_json(raw / "refcoco" / "instances.json")
+    real = real_refs()
+    real_ref_fields = {frozenset(set(r) - TFDS_EXTRA_FIELDS) for r in real}
+    real_sentence_fields = {frozenset(s) for r in real for s in r["sentences"]}
+    real_ann_fields = {frozenset(r["ann"]) for r in real}
+    assert len(real_ref_fields) == len(real_sentence_fields) == len(real_ann_fields) == 1
+    assert {frozenset(r) for r in refs} == real_ref_fields
+    assert {frozenset(s) for r in refs for s in r["sentences"]} == real_sentence_fields
+    assert {frozenset(a) for a in instances["annotations"]} == real_ann_fields
+    assert {frozenset(im) for im in instances["images"]} == {frozenset({"id", "file_name", "width", "height",
+                                                                        "license"})}
+    assert Counter(r["split"] for r in refs).keys() == {"train", "val", "testA", "testB"}
+    # value types as in the real records
+    for mine, theirs in ((refs[0], real[0]), (refs[0]["sentences"][0], real[0]["sentences"][0]),
+                         (instances["annotations"][0], real[0]["ann"])):
+        for key, value in theirs.items():
+            if key not in TFDS_EXTRA_FIELDS:
+                assert type(mine[key]) is type(value) or {type(mine[key]), type(value)} <= {int, float}, key
+
+
+def test_refs_point_at_annotations_inside_their_images(raw):
+    refs = pickle.loads((raw / "refcoco" / "refs(unc).p").read_bytes())
+    instances = load_json(raw / "refcoco" / "instances.json")
+    anns = {a["id"]: a for a in instances["annotations"]}
+    images = {im["id"]: im for im in instances["images"]}
+    categories = {c["id"] for c in instances["categories"]}
+    sent_ids = [s["sent_id"] for r in refs for s in r["sentences"]]
+    assert len(set(sent_ids)) == len(sent_ids) and len({r["ref_id"] for r in refs}) == len(refs)
+    for r in refs:
+        ann = anns[r["ann_id"]]
+        assert ann["image_id"] == r["image_id"] and ann["category_id"] == r["category_id"] in categories
+        assert r["file_name"] == f"COCO_train2014_{r['image_id']:012d}_{r['ann_id']}.jpg"
+        assert r["sent_ids"] == [s["sent_id"] for s in r["sentences"]]
+        for s in r["sentences"]:
+            assert s["tokens"] == s["sent"].split() and s["sent"] == " ".join(
+                re.sub(r"[^a-z0-9 ]", " ", s["raw"].lower()).split())
+    for ann in instances["annotations"]:
+        im = images[ann["image_id"]]
+        assert (raw / "images" / "train2014" / im["file_name"]).is_file()
+        x, y, w, h = ann["bbox"]
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= im["width"] and y + h <= im["height"]
+        poly = ann["segmentation"][0]
+        assert len(ann["segmentation"]) == 1 and len(poly) % 2 == 0 and len(poly) >= 6
+        assert [min(poly[0::2]), min(poly[1::2])] == pytest.approx([x, y], abs=0.011)
+        assert [max(poly[0::2]) - x, max(poly[1::2]) - y] == pytest.approx([w, h], abs=0.011)
+        assert 0 < ann["area"] <= w * h + 0.01 and ann["iscrowd"] == 0
+
+
+# ------------------------------------------------------------- an independent reading of the pixels and the words
+PALETTE = {"red": (215, 35, 35), "orange": (245, 140, 20), "yellow": (240, 220, 40), "green": (40, 170, 60),
+           "blue": (40, 80, 225), "purple": (145, 55, 190), "white": (245, 245, 245)}
+SIZE_WORDS = {"small": "small", "little": "small", "tiny": "small", "big": "large", "large": "large"}
+
+
+def seen_objects(raw: Path, instances: dict, image_id: int) -> list[dict]:
+    """The objects of one image as a reader sees them: shape from the category, colour from the pixel at the box
+    centre, size from the box (the generator draws small shapes under 17 px and large ones over 21 px)."""
+    im = next(i for i in instances["images"] if i["id"] == image_id)
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    img = Image.open(raw / "images" / "train2014" / im["file_name"]).convert("RGB")
+    out = []
+    for a in instances["annotations"]:
+        if a["image_id"] != image_id:
+            continue
+        x, y, w, h = a["bbox"]
+        px = img.getpixel((int(x + w / 2), int(y + h / 2)))
+        colour = min(PALETTE, key=lambda c: sum((p - q) ** 2 for p, q in zip(px, PALETTE[c])))
+        out.append({"id": a["id"], "shape": names[a["category_id"]], "colour": colour,
+                    "size": "small" if max(w, h) < 0.195 * im["width"] else "large",
+                    "box": (x, y, x + w, y + h)})
+    return out
+
+
+NP = r"(?:(small|little|tiny|big|large) )?(?:(red|orange|yellow|green|blue|purple|white) )?(\w+)"
+ORDINALS = [(rf"(?:left|leftmost) {NP}|{NP} on the left", "left"), (rf"(?:right|rightmost) {NP}|{NP} on the right",
+            "right"), (rf"(?:top|upper) {NP}|{NP} at the top", "above"), (rf"(?:bottom|lower) {NP}|{NP} at the bottom",
+                                                                         "below")]
+RELATIONS = [("(?:to the |on the )?left of", "left"), ("(?:to the |on the )?right of", "right"),
+             ("above|over", "above"), ("below|under|beneath", "below")]
+
+
+def np_matches(groups: tuple, obj: dict) -> bool:
+    size, colour, noun = groups
+    if noun not in ("object", "shape", "thing") and noun != obj["shape"]:
+        return False
+    return (size is None or SIZE_WORDS[size] == obj["size"]) and (colour is None or colour == obj["colour"])
+
+
+def clearly(a: dict, b: dict, d: str) -> bool:
+    return {"left": a["box"][2] < b["box"][0], "right": a["box"][0] > b["box"][2],
+            "above": a["box"][3] < b["box"][1], "below": a["box"][1] > b["box"][3]}[d]
+
+
+def by_centre(a: dict, b: dict, d: str) -> bool:
+    ax, ay = (a["box"][0] + a["box"][2]) / 2, (a["box"][1] + a["box"][3]) / 2
+    bx, by = (b["box"][0] + b["box"][2]) / 2, (b["box"][1] + b["box"][3]) / 2
+    return {"left": ax < bx, "right": ax > bx, "above": ay < by, "below": ay > by}[d]
+
+
+def referents(sent: str, objs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(objects the expression clearly fits, objects it might also be read as) under the documented semantics."""
+    sent = sent.removeprefix("the ")
+    for pattern, d in ORDINALS:
+        m = re.fullmatch(pattern, sent)
+        if m:
+            groups = m.groups()[:3] if m.group(3) else m.groups()[3:]
+            cands = [o for o in objs if np_matches(groups, o)]
+            fits = [o for o in cands if len(cands) > 1 and all(clearly(o, c, d) for c in cands if c is not o)]
+            return fits, [o for o in cands if o not in fits and all(by_centre(o, c, d) for c in cands if c is not o)]
+    for rel, d in RELATIONS:
+        m = re.fullmatch(rf"{NP} (?:{rel}) the {NP}", sent)
+        if m:
+            landmarks = [o for o in objs if np_matches(m.groups()[3:], o)]
+            assert len(landmarks) == 1, f"landmark of {sent!r} is not unique"
+            lm = landmarks[0]
+            cands = [o for o in objs if o is not lm and np_matches(m.groups()[:3], o)]
+            return ([o for o in cands if clearly(o, lm, d)],
+                    [o for o in cands if not clearly(o, lm, d) and by_centre(o, lm, d)])
+    m = re.fullmatch(NP, sent)
+    assert m, f"cannot read {sent!r}"
+    return [o for o in objs if np_matches(m.groups(), o)], []
+
+
+def test_every_referring_expression_fits_exactly_its_target(raw):
+    refs = pickle.loads((raw / "refcoco" / "refs(unc).p").read_bytes())
+    instances = load_json(raw / "refcoco" / "instances.json")
+    forms = Counter()
+    for r in refs:
+        objs = seen_objects(raw, instances, r["image_id"])
+        for s in r["sentences"]:
+            fits, maybe = referents(s["sent"], objs)
+            assert [o["id"] for o in fits] == [r["ann_id"]] and not maybe, (r, s["sent"], objs)
+            forms["relation" if " the " in s["sent"].removeprefix("the ") else "other"] += 1
+    assert forms["relation"] > 0 and forms["other"] > 0
+
+
+def test_boxes_lie_on_the_drawn_objects(raw):
+    instances = load_json(raw / "refcoco" / "instances.json")
+    for im in instances["images"]:
+        img = Image.open(raw / "images" / "train2014" / im["file_name"]).convert("RGB")
+        border = [img.getpixel((x, y)) for x in range(im["width"]) for y in (0, im["height"] - 1)]
+        bg = Counter(tuple(c // 8 for c in p) for p in border).most_common(1)[0][0]
+        bg = tuple(8 * c + 4 for c in bg)
+        dist = lambda p, q: max(abs(a - b) for a, b in zip(p, q))  # noqa: E731
+        for a in instances["annotations"]:
+            if a["image_id"] != im["id"]:
+                continue
+            x, y, w, h = a["bbox"]
+            # the box centre is on the object, well away from the background colour
+            assert dist(img.getpixel((int(x + w / 2), int(y + h / 2))), bg) > 30
+            # a ring two pixels outside the box is background (objects keep a gap from each other)
+            ring = [(int(x - 2), int(y + h / 2)), (int(x + w + 2), int(y + h / 2)), (int(x + w / 2), int(y - 2)),
+                    (int(x + w / 2), int(y + h + 2))]
+            for px, py in ring:
+                if 0 <= px < im["width"] and 0 <= py < im["height"]:
+                    assert dist(img.getpixel((px, py)), bg) < 30, (a, (px, py))
+
+
+# ------------------------------------------------------------------------------------------- text-only baseline
+def test_vqa_accuracy_follows_the_official_rule():
+    humans = ["2"] * 3 + ["3"] * 7
+    assert synth.vqa_accuracy("2", humans) == pytest.approx(0.9)  # 3 of 10: 7 subsets x 1 + 3 x 2/3, over 10
+    assert synth.vqa_accuracy("3", humans) == pytest.approx(1.0)
+    assert synth.vqa_accuracy("two", humans) == pytest.approx(0.9)  # number words are normalised
+    assert synth.vqa_accuracy("4", humans) == 0.0
+    assert synth.vqa_accuracy("yes", ["yes"] + ["no"] * 9) == pytest.approx(0.3)
+    assert synth.vqa_accuracy("Two", ["two"] * 10) == 0.0  # all identical: not normalised (official behaviour)
+
+
+@pytest.fixture(scope="module")
+def default_repo(tmp_path_factory) -> Path:
+    """A DVC repository holding this checkout's data.dvc and a fresh generation of the default dataset."""
+    from dvc.repo import Repo
+
+    root = tmp_path_factory.mktemp("fresh")
+    Repo.init(str(root), no_scm=True).close()
+    (root / "data.dvc").write_bytes(Path("data.dvc").read_bytes())
+    synth.generate(default_params(), root / "data" / "raw")
+    return root
+
+
+def test_default_generation_matches_data_dvc(default_repo, monkeypatch):
+    """What `narvl synth` writes from params/data.yaml is the version data.dvc records (hashed by DVC itself)."""
+    from dvc.repo import Repo
+
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    with Repo(str(default_repo)) as repo:
+        (stage,) = repo.stage.collect(str(default_repo / "data.dvc"))
+        (out,) = stage.outs
+        assert str(out.def_path) == "data/raw"
+        recorded, fresh = out.hash_info, out.get_hash()
+        assert recorded.name == "md5" and recorded.value.endswith(".dir")
+        assert fresh.value == recorded.value, "params/data.yaml or the generator changed: regenerate and `dvc commit`"
+        assert out.meta.nfiles == len([p for p in (default_repo / "data" / "raw").rglob("*") if p.is_file()])
+
+
+def test_text_only_baseline_is_low_on_the_default(default_repo):
+    result = synth.text_only_baseline(default_repo / "data" / "raw")
+    assert result["questions"] == 3 * (40 + 100 + 100)  # val2014: restval, val and test images
+    # per-question-type majority answers: far below what a model that looks at the scene can reach
+    assert 0.25 < result["accuracy"] < 0.45
+    assert result["per_answer_type"]["other"] < 0.3 and result["per_answer_type"]["number"] < 0.4
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+def write_params(tmp_path: Path, p: params.SynthParams) -> Path:
+    import yaml
+
+    doc = yaml.safe_load(Path("params/data.yaml").read_text())
+    doc["data"]["synth"] = dataclasses.asdict(p)
+    path = tmp_path / "data.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_cli_writes_the_dataset(tmp_path):
+    out = tmp_path / "raw"
+    assert cli_main(["synth", "--params", str(write_params(tmp_path, small_params())), "--out", str(out)]) == 0
+    assert (out / "refcoco" / "refs(unc).p").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.yaml", "raw"]  # no temporary left behind
+
+
+def test_cli_refuses_a_non_empty_output_and_leaves_it_alone(tmp_path, capsys):
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert cli_main(["synth", "--params", str(write_params(tmp_path, small_params())), "--out", str(out)]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_cli_reports_an_output_that_cannot_be_created(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = cli_main(["synth", "--params", str(write_params(tmp_path, small_params())),
+                     "--out", str(blocker / "raw")])
+    assert code == 2 and "cannot create the folder" in capsys.readouterr().err
+
+
+def test_cli_rejects_a_mistyped_key(tmp_path, capsys):
+    path = write_params(tmp_path, small_params())
+    path.write_text(path.read_text().replace("train_images:", "train_imgs:"))
+    assert cli_main(["synth", "--params", str(path), "--out", str(tmp_path / "raw")]) == 2
+    assert "data.synth.train_imgs: unknown key (did you mean 'train_images'?)" in capsys.readouterr().err
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*_args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(synth, "write_refcoco", boom)
+    with pytest.raises(RuntimeError):
+        synth.generate(small_params(), tmp_path / "raw")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inconsistent_sizes_are_rejected():
+    with pytest.raises(NarvlError, match="train_images > val_images"):
+        synth.plan(small_params(train_images=5))
