@@ -182,8 +182,12 @@ BENCH = f"{RESULTS}/bench/decode.json"
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
-# The raw files of each task: the embedded default under raw_dir (made by `narvl synth`), or the real-data paths
-# of pipeline.real. Shard and score rules read them through these functions, so both sources share every rule.
+# The raw data of each task: the embedded default under raw_dir, or the real-data paths of pipeline.real, in one
+# layout so that both sources share every shard and score rule. A rule names what it reads as dotted specs
+# ("annotations", "references.{split}", "score.{split}.questions"): `raw_path` gives the path(s) for the command
+# line, `raw_inputs` what the job depends on. For the default that is the raw_dir folder itself: `narvl synth`
+# writes it as a whole (one directory output), and Snakemake cannot depend on single files inside a directory
+# output. For real data it is the files and folders themselves, so a missing one is reported before anything runs.
 def _default_inputs():
     return {
         "caption": {
@@ -218,14 +222,35 @@ def tasks_in_format(fmt):
     return "|".join(names) if names else "(?!x)x"
 
 
-def raw(task, key):
-    """An input function: the raw path(s) `key` of the task."""
-    return lambda w: INPUTS[task][key]
+def _lookup(spec, wildcards, task):
+    node = INPUTS[task or wildcards.task]
+    for part in spec.split("."):
+        key = part.format(**dict(wildcards.items()))
+        if not isinstance(node, dict) or key not in node:
+            where = f"pipeline.real.{task or wildcards.task}" if PIPELINE.source == "real" else "the default layout"
+            raise WorkflowError(f"{STAGE_FILES['pipeline']}: {where} has no '{spec.format(**dict(wildcards.items()))}'")
+        node = node[key]
+    return node
 
 
-def raw_of(key):
-    """An input function for rules with a {task} wildcard."""
-    return lambda w: INPUTS[w.task][key]
+def raw_path(spec, task=None):
+    """A params function: the raw path (or list of paths) `spec` of the job's task, for the command line."""
+    return lambda wildcards: _lookup(spec, wildcards, task)
+
+
+def raw_inputs(*specs, task=None):
+    """An input function: what a job reading the raw data `specs` depends on (see above)."""
+
+    def inputs(wildcards):
+        if PIPELINE.source == "default":
+            return [RAW]
+        paths = []
+        for spec in specs:
+            found = _lookup(spec, wildcards, task)
+            paths += found if isinstance(found, list) else [found]
+        return paths
+
+    return inputs
 
 
 # -------------------------------------------------------------------------------------------------- resources

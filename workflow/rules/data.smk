@@ -9,15 +9,8 @@ rule synth:
         params=ancient_params("data"),
         code=sources("narvl.data.synth"),
     output:
-        images=directory(f"{RAW}/images"),
-        karpathy=f"{RAW}/captions/dataset_coco.json",
-        caption_references=expand(f"{RAW}/captions/captions_karpathy_{{split}}.json", split=["val", "test"]),
-        vqa_questions=expand(f"{RAW}/vqa/v2_OpenEnded_mscoco_{{split}}2014_questions.json", split=["train", "val"]),
-        vqa_annotations=expand(f"{RAW}/vqa/v2_mscoco_{{split}}2014_annotations.json", split=["train", "val"]),
-        refs=f"{RAW}/refcoco/refs(unc).p",
-        instances=f"{RAW}/refcoco/instances.json",
+        raw=directory(RAW),
     params:
-        out=lambda w, output: os.path.dirname(output.images),
         values=values("data.synth"),
     log:
         logfile("data/synth"),
@@ -26,7 +19,7 @@ rule synth:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl synth --params {input.params} --out {params.out} > {log} 2>&1"
+        "python -m narvl synth --params {input.params} --out {output.raw} > {log} 2>&1"
 
 
 rule shard_karpathy:
@@ -34,13 +27,14 @@ rule shard_karpathy:
     input:
         params=ancient_params("data"),
         code=sources("narvl.data.shard"),
-        annotations=raw_of("annotations"),
-        images=raw_of("images"),
+        raw=raw_inputs("annotations", "images"),
     output:
         shards=directory(f"{SHARDS}/{{task}}"),
     wildcard_constraints:
         task=tasks_in_format("karpathy"),
     params:
+        annotations=raw_path("annotations"),
+        images=raw_path("images"),
         values=lambda w: values("data.shard", task=w.task),
     log:
         logfile("data/shard-{task}"),
@@ -50,7 +44,7 @@ rule shard_karpathy:
         runtime=RES["data"]["runtime"],
     shell:
         "python -m narvl shard --params {input.params} --task {wildcards.task} --format karpathy"
-        " --annotations {input.annotations:q} --images {input.images:q} --out {output.shards} > {log} 2>&1"
+        " --annotations {params.annotations:q} --images {params.images:q} --out {output.shards} > {log} 2>&1"
 
 
 rule shard_vqav2:
@@ -58,14 +52,15 @@ rule shard_vqav2:
     input:
         params=ancient_params("data"),
         code=sources("narvl.data.shard"),
-        questions=raw_of("questions"),
-        annotations=raw_of("annotations"),
-        images=raw_of("images"),
+        raw=raw_inputs("questions", "annotations", "images"),
     output:
         shards=directory(f"{SHARDS}/{{task}}"),
     wildcard_constraints:
         task=tasks_in_format("vqav2"),
     params:
+        questions=raw_path("questions"),
+        annotations=raw_path("annotations"),
+        images=raw_path("images"),
         values=lambda w: values("data.shard", task=w.task),
     log:
         logfile("data/shard-{task}"),
@@ -75,7 +70,7 @@ rule shard_vqav2:
         runtime=RES["data"]["runtime"],
     shell:
         "python -m narvl shard --params {input.params} --task {wildcards.task} --format vqav2"
-        " --questions {input.questions:q} --annotations {input.annotations:q} --images {input.images:q}"
+        " --questions {params.questions:q} --annotations {params.annotations:q} --images {params.images:q}"
         " --out {output.shards} > {log} 2>&1"
 
 
@@ -84,14 +79,15 @@ rule shard_refer:
     input:
         params=ancient_params("data"),
         code=sources("narvl.data.shard"),
-        refs=raw_of("refs"),
-        instances=raw_of("instances"),
-        images=raw_of("images"),
+        raw=raw_inputs("refs", "instances", "images"),
     output:
         shards=directory(f"{SHARDS}/{{task}}"),
     wildcard_constraints:
         task=tasks_in_format("refer"),
     params:
+        refs=raw_path("refs"),
+        instances=raw_path("instances"),
+        images=raw_path("images"),
         values=lambda w: values("data.shard", task=w.task),
     log:
         logfile("data/shard-{task}"),
@@ -101,7 +97,7 @@ rule shard_refer:
         runtime=RES["data"]["runtime"],
     shell:
         "python -m narvl shard --params {input.params} --task {wildcards.task} --format refer"
-        " --refs {input.refs:q} --instances {input.instances:q} --images {input.images:q}"
+        " --refs {params.refs:q} --instances {params.instances:q} --images {params.images:q}"
         " --out {output.shards} > {log} 2>&1"
 
 
@@ -110,13 +106,13 @@ rule shard_ofa_tsv:
     input:
         params=ancient_params("data"),
         code=sources("narvl.data.shard"),
-        tsv=lambda w: list(INPUTS[w.task]["tsv"].values()),
+        tsv=lambda w: list(_lookup("tsv", w, None).values()),
     output:
         shards=directory(f"{SHARDS}/{{task}}"),
     wildcard_constraints:
         task=tasks_in_format("ofa-tsv"),
     params:
-        split_files=lambda w: " ".join(f"{split}={path}" for split, path in INPUTS[w.task]["tsv"].items()),
+        split_files=lambda w: [f"{split}={path}" for split, path in _lookup("tsv", w, None).items()],
         values=lambda w: values("data.shard", task=w.task),
     log:
         logfile("data/shard-{task}"),
@@ -126,7 +122,7 @@ rule shard_ofa_tsv:
         runtime=RES["data"]["runtime"],
     shell:
         "python -m narvl shard --params {input.params} --task {wildcards.task} --format ofa-tsv"
-        " --tsv {params.split_files} --out {output.shards} > {log} 2>&1"
+        " --tsv {params.split_files:q} --out {output.shards} > {log} 2>&1"
 
 
 rule tokenizer:

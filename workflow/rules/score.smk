@@ -7,11 +7,12 @@ rule score_caption:
     input:
         params=ancient_params("score"),
         code=sources("narvl.eval.score"),
-        references=lambda w: INPUTS["caption"]["references"][w.split],
+        raw=raw_inputs("references.{split}", task="caption"),
         predictions=f"{RESULTS}/predictions/caption-{{split}}-{{model}}-{{decoder}}.json",
     output:
         metrics=f"{RESULTS}/metrics/caption-{{split}}-{{model}}-{{decoder}}.json",
     params:
+        references=raw_path("references.{split}", task="caption"),
         values=values("score.meteor", "score.spice"),
     log:
         logfile("score/caption-{split}-{model}-{decoder}"),
@@ -20,7 +21,7 @@ rule score_caption:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl score caption --params {input.params} --references {input.references:q}"
+        "python -m narvl score caption --params {input.params} --references {params.references:q}"
         " --predictions {input.predictions} --out {output.metrics} > {log} 2>&1"
 
 
@@ -29,12 +30,13 @@ rule score_vqa:
     input:
         params=ancient_params("score"),
         code=sources("narvl.eval.score"),
-        questions=lambda w: INPUTS["vqa"]["score"][w.split]["questions"],
-        annotations=lambda w: INPUTS["vqa"]["score"][w.split]["annotations"],
+        raw=raw_inputs("score.{split}.questions", "score.{split}.annotations", task="vqa"),
         predictions=f"{RESULTS}/predictions/vqa-{{split}}-{{model}}-{{decoder}}.json",
     output:
         metrics=f"{RESULTS}/metrics/vqa-{{split}}-{{model}}-{{decoder}}.json",
     params:
+        questions=raw_path("score.{split}.questions", task="vqa"),
+        annotations=raw_path("score.{split}.annotations", task="vqa"),
         values=values("score", drop=("score.meteor", "score.spice", "score.iou_threshold")),
     log:
         logfile("score/vqa-{split}-{model}-{decoder}"),
@@ -43,8 +45,8 @@ rule score_vqa:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl score vqa --params {input.params} --questions {input.questions:q}"
-        " --annotations {input.annotations:q} --predictions {input.predictions} --out {output.metrics} > {log} 2>&1"
+        "python -m narvl score vqa --params {input.params} --questions {params.questions:q}"
+        " --annotations {params.annotations:q} --predictions {input.predictions} --out {output.metrics} > {log} 2>&1"
 
 
 rule score_grounding:
@@ -52,12 +54,13 @@ rule score_grounding:
     input:
         params=ancient_params("score"),
         code=sources("narvl.eval.score"),
-        refs=INPUTS["grounding"]["refs"] if "grounding" in PIPELINE.tasks else [],
-        instances=INPUTS["grounding"]["instances"] if "grounding" in PIPELINE.tasks else [],
+        raw=raw_inputs("refs", "instances", task="grounding"),
         predictions=f"{RESULTS}/predictions/grounding-{{split}}-{{model}}-{{decoder}}.json",
     output:
         metrics=f"{RESULTS}/metrics/grounding-{{split}}-{{model}}-{{decoder}}.json",
     params:
+        refs=raw_path("refs", task="grounding"),
+        instances=raw_path("instances", task="grounding"),
         values=values("score.iou_threshold"),
     log:
         logfile("score/grounding-{split}-{model}-{decoder}"),
@@ -66,7 +69,7 @@ rule score_grounding:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl score grounding --params {input.params} --refs {input.refs:q} --instances {input.instances:q}"
+        "python -m narvl score grounding --params {input.params} --refs {params.refs:q} --instances {params.instances:q}"
         " --split {wildcards.split} --predictions {input.predictions} --out {output.metrics} > {log} 2>&1"
 
 
