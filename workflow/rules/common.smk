@@ -83,12 +83,12 @@ def values(*selectors, task=None, drop=()):
             target[path[-1]] = node[path[-1]]
         else:
             target.update(node)
-    for dotted in drop:
+    for dotted in drop:  # a key the parameter files do not have (any more) is simply not there to drop
         *parents, leaf = dotted.split(".")
         node = out
         for part in parents:
-            node = node[part]
-        del node[leaf]
+            node = node.get(part, {})
+        node.pop(leaf, None)
     return json.dumps(_narrow(out, task), sort_keys=True, separators=(",", ":"))
 
 
@@ -264,7 +264,8 @@ def logfile(name):
 
 def decode_drop(wildcards):
     """Greedy decoding reads no beam options; the benchmark's options are read by `narvl bench decode` only."""
-    drop = ["decode.bench_batch_sizes", "decode.bench_repeats"]
+    drop = ["decode.bench_batch_sizes", "decode.bench_repeats", "data.loader.bench_micro_batch",
+            "data.loader.bench_batches"]
     if wildcards.decoder == "greedy":
         drop += ["decode.beam_size", "decode.length_penalty"]
     return drop

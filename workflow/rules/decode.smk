@@ -2,17 +2,20 @@
 
 
 rule decode:
-    """Predictions of one (task, split, model, decoder) cell, in the official result formats."""
+    """Predictions of one (task, split, model, decoder) cell, in the official result formats, and their provenance
+    sidecar (model, timing; `narvl score` copies it into the metrics file)."""
     input:
         params=ancient_params("decode"),
+        data_params=ancient_params("data"),  # the eval loader's settings: data.yaml beside --params
         code=sources("narvl.decode.run"),
         model=f"{RUNS}/{{task}}-{{model}}/model.pt",
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
     output:
         predictions=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model}}-{{decoder}}.json",
+        provenance=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model}}-{{decoder}}.meta.json",
     params:
-        values=lambda w: values("decode", task=w.task, drop=decode_drop(w)),
+        values=lambda w: values("decode", "data.loader", task=w.task, drop=decode_drop(w)),
     log:
         logfile("decode/{task}-{split}-{model}-{decoder}"),
     threads: RES["decode"]["threads"]
@@ -29,7 +32,7 @@ rule decode:
 rule bench_decode:
     """AR vs NAR decoding latency (greedy, beam; batch sizes of decode.bench_batch_sizes) on every model."""
     input:
-        params=ancient_params("decode", "model", "data"),
+        params=ancient_params("decode", "model", "data", "pipeline"),
         code=sources("narvl.decode.bench"),
         models=MODEL_FILES,
         shards=expand(f"{SHARDS}/{{task}}", task=PIPELINE.tasks),
@@ -39,7 +42,7 @@ rule bench_decode:
     params:
         folder=folder_of("params"),
         shards=folder_of("tokenizer"),
-        values=values("decode", "model", "data"),
+        values=values("decode", "model", "data.shard", "data.loader", "pipeline.eval_splits"),
     log:
         logfile("decode/bench"),
     threads: RES["bench"]["threads"]

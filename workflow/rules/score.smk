@@ -9,6 +9,7 @@ rule score_caption:
         code=sources("narvl.eval.score"),
         raw=raw_inputs("references.{split}", task="caption"),
         predictions=f"{RESULTS}/predictions/caption-{{split}}-{{model}}-{{decoder}}.json",
+        provenance=f"{RESULTS}/predictions/caption-{{split}}-{{model}}-{{decoder}}.meta.json",  # read beside it
     output:
         metrics=f"{RESULTS}/metrics/caption-{{split}}-{{model}}-{{decoder}}.json",
     params:
@@ -32,6 +33,7 @@ rule score_vqa:
         code=sources("narvl.eval.score"),
         raw=raw_inputs("score.{split}.questions", "score.{split}.annotations", task="vqa"),
         predictions=f"{RESULTS}/predictions/vqa-{{split}}-{{model}}-{{decoder}}.json",
+        provenance=f"{RESULTS}/predictions/vqa-{{split}}-{{model}}-{{decoder}}.meta.json",  # read beside it
     output:
         metrics=f"{RESULTS}/metrics/vqa-{{split}}-{{model}}-{{decoder}}.json",
     params:
@@ -56,6 +58,7 @@ rule score_grounding:
         code=sources("narvl.eval.score"),
         raw=raw_inputs("refs", "instances", task="grounding"),
         predictions=f"{RESULTS}/predictions/grounding-{{split}}-{{model}}-{{decoder}}.json",
+        provenance=f"{RESULTS}/predictions/grounding-{{split}}-{{model}}-{{decoder}}.meta.json",  # read beside it
     output:
         metrics=f"{RESULTS}/metrics/grounding-{{split}}-{{model}}-{{decoder}}.json",
     params:

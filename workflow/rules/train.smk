@@ -8,7 +8,10 @@
 # gives it those cores (or GPUs: resources.gpu). For several nodes set pipeline.resources.train.nodes and
 # .mpi: "srun --ntasks-per-node=1" (docs/workflow.md): the command then runs once per node under srun.
 
-TRAIN_VALUES_DROP = ("train.distill_tasks",)  # decides which students exist (the DAG), not how one trains
+TRAIN_VALUES_DROP = (  # keys `narvl train` does not read (distill_tasks decides which students exist: the DAG)
+    "train.distill_tasks", "data.loader.bench_micro_batch", "data.loader.bench_batches")
+DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "data.loader.bench_micro_batch",
+                       "data.loader.bench_batches")
 
 
 rule train:
@@ -41,7 +44,7 @@ rule train:
 rule distill:
     """Sequence-level KD: the AR teacher decodes the task's training set into KD shards."""
     input:
-        params=ancient_params("train", "model", "data", "decode"),
+        params=ancient_params("decode", "data"),  # beam search settings; the loader's (data.yaml)
         code=sources("narvl.train.distill"),
         model=f"{RUNS}/{{task}}-ar/model.pt",
         shards=f"{SHARDS}/{{task}}",
@@ -50,7 +53,7 @@ rule distill:
         shards=directory(f"{KD_SHARDS}/{{task}}"),
     params:
         folder=folder_of("params"),
-        values=lambda w: values("train", "model", "data", "decode", task=w.task, drop=TRAIN_VALUES_DROP),
+        values=lambda w: values("decode", "data.loader", task=w.task, drop=DISTILL_VALUES_DROP),
     log:
         logfile("train/distill-{task}"),
     threads: RES["distill"]["threads"]
