@@ -34,7 +34,7 @@ TINY = {
     "model": {"overrides": {"d_model": 32, "heads": 2, "ffn_dim": 64, "resnet_width": 8}},
     "train": {"nproc": 1, "steps": {"caption": 2, "vqa": 2, "grounding": 2}, "global_batch": 4, "micro_batch": 4,
               "grad_accum": 1, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1, "val_every": 0,
-              "val_batches": 1, "keep_checkpoints": 1},
+              "val_batches": 1, "keep_checkpoints": 1, "distill_tasks": ["caption"]},
     "decode": {"batch_size": 8, "beam_size": 2, "bench_batch_sizes": [1, 4], "bench_repeats": 1},
     "score": {"meteor": False, "spice": False},
     "pipeline": {"eval_splits": {"caption": ["test"], "vqa": ["val"], "grounding": ["val"]}},

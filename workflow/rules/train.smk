@@ -5,8 +5,8 @@
 # time limit resumes from its last checkpoint when the workflow runs again (narvl train resumes by itself).
 #
 # `narvl train` with train.nproc > 1 starts its own torchrun for the processes of one node; threads = train.nproc
-# gives it those cores (or GPUs: resources.gpu). For several nodes set pipeline.resources.train.nodes and
-# .mpi: "srun --ntasks-per-node=1" (docs/workflow.md): the command then runs once per node under srun.
+# gives it those cores (or GPUs: resources.gpu). For several nodes set pipeline.resources.train.nodes and .mpi to an
+# srun prefix (docs/workflow.md, "Slurm"): the command then runs as one rank per srun task.
 
 TRAIN_VALUES_DROP = (  # keys `narvl train` does not read (distill_tasks decides which students exist: the DAG)
     "train.distill_tasks", "data.loader.bench_micro_batch", "data.loader.bench_batches")
