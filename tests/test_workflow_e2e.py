@@ -118,8 +118,23 @@ def fresh_clone(dst: Path) -> Path:
     return dst
 
 
+def missing_subcommands() -> list[str]:
+    """Subcommands whose module this checkout does not have yet (the rooms are merged one by one)."""
+    sys.path.insert(0, str(ROOT))
+    from narvl.bench import BENCHMARKS
+    from narvl.cli import SUBCOMMANDS
+
+    modules = {name: module for name, (module, _) in SUBCOMMANDS.items()}
+    modules.update({f"bench {name}": module for name, (module, _) in BENCHMARKS.items()})
+    return sorted(name for name, module in modules.items()
+                  if not (ROOT / (module.replace(".", "/") + ".py")).is_file())
+
+
 @pytest.mark.slow
 def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
+    missing = missing_subcommands()
+    if missing:  # a partial checkout cannot run the pipeline; the full one must
+        pytest.skip(f"this checkout has no module yet for: narvl {', '.join(missing)}")
     clone = fresh_clone(tmp_path / "clone")
     write_tiny_params(clone / "params", source=clone / "params")
     doc = yaml.safe_load((clone / "params/pipeline.yaml").read_text())
