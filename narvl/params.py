@@ -72,6 +72,7 @@ class ShardParams:
     image_size: dict[str, int]
     samples_per_shard: int
     jpeg_quality: int
+    workers: int  # processes that decode and resize images (0: none besides the main one); output is identical
 
 
 @dataclass(frozen=True)
@@ -213,15 +214,29 @@ class ScoreParams:
 # ----------------------------------------------------------------------------------------------------- pipeline
 @dataclass(frozen=True)
 class PipelineParams:
-    source: Literal["default", "real"]
+    """The workflow (Snakefile, dvc.yaml): what runs, where files go, and each rule group's resources.
+
+    `resources` and `real` are checked in detail by workflow/schemas/pipeline.schema.yaml (the workflow is their one
+    reader); docs/workflow.md explains every key.
+    """
+
+    source: Literal["default", "real"]  # default: `narvl synth` makes raw_dir; real: the files named in `real`
     tasks: list[str]
     kinds: list[str]
     decoders: list[str]
     eval_splits: dict[str, list[str]]
     raw_dir: str
     shards_dir: str
+    kd_shards_dir: str  # AR-teacher outputs for sequence-level KD (tasks in train.distill_tasks)
     runs_dir: str
     results_dir: str
+    logs_dir: str
+    readme: str  # the file whose results block `narvl report` rewrites
+    container: str  # Apptainer image the rules run in with `snakemake --sdm apptainer`
+    # per rule group (data, train, distill, decode, score, bench, report): threads, mem_mb, runtime (minutes), gpu
+    resources: dict[str, dict[str, int | str]]
+    # source: real -> per task: the raw files to shard and the files to score against (paths on disk)
+    real: dict[str, dict[str, Any]]
 
 
 STAGES: dict[str, type] = {

@@ -1,0 +1,152 @@
+# Raw data -> webdataset shards per task -> the BPE tokenizer.
+# source: default makes the raw data with `narvl synth`; source: real reads the paths of pipeline.real. The shard
+# rules are the same for both (one rule per raw format; a task's format picks its rule).
+
+
+rule synth:
+    """The embedded default dataset, written in the real datasets' formats (docs/design.md, data/raw/)."""
+    input:
+        params=ancient_params("data"),
+        code=sources("narvl.data.synth"),
+    output:
+        raw=directory(RAW),
+    params:
+        values=values("data.synth"),
+    log:
+        logfile("data/synth"),
+    threads: RES["data"]["threads"]
+    resources:
+        mem_mb=RES["data"]["mem_mb"],
+        runtime=RES["data"]["runtime"],
+    shell:
+        "python -m narvl synth --params {input.params} --out {output.raw} > {log} 2>&1"
+
+
+rule shard_karpathy:
+    """Captions: the Karpathy split file -> data/shards/<task>/ (train and eval splits)."""
+    input:
+        params=ancient_params("data"),
+        code=sources("narvl.data.shard"),
+        raw=raw_inputs("annotations", "images"),
+    output:
+        shards=directory(f"{SHARDS}/{{task}}"),
+    wildcard_constraints:
+        task=tasks_in_format("karpathy"),
+    params:
+        annotations=raw_path("annotations"),
+        images=raw_path("images"),
+        values=lambda w: values("data.shard", task=w.task),
+    log:
+        logfile("data/shard-{task}"),
+    threads: RES["data"]["threads"]
+    resources:
+        mem_mb=RES["data"]["mem_mb"],
+        runtime=RES["data"]["runtime"],
+    shell:
+        "python -m narvl shard --params {input.params} --task {wildcards.task} --format karpathy"
+        " --annotations {params.annotations:q} --images {params.images:q} --out {output.shards} > {log} 2>&1"
+
+
+rule shard_vqav2:
+    """VQA: VQAv2 questions + annotations (every split's files) -> data/shards/<task>/."""
+    input:
+        params=ancient_params("data"),
+        code=sources("narvl.data.shard"),
+        raw=raw_inputs("questions", "annotations", "images"),
+    output:
+        shards=directory(f"{SHARDS}/{{task}}"),
+    wildcard_constraints:
+        task=tasks_in_format("vqav2"),
+    params:
+        questions=raw_path("questions"),
+        annotations=raw_path("annotations"),
+        images=raw_path("images"),
+        values=lambda w: values("data.shard", task=w.task),
+    log:
+        logfile("data/shard-{task}"),
+    threads: RES["data"]["threads"]
+    resources:
+        mem_mb=RES["data"]["mem_mb"],
+        runtime=RES["data"]["runtime"],
+    shell:
+        "python -m narvl shard --params {input.params} --task {wildcards.task} --format vqav2"
+        " --questions {params.questions:q} --annotations {params.annotations:q} --images {params.images:q}"
+        " --out {output.shards} > {log} 2>&1"
+
+
+rule shard_refer:
+    """Grounding: the refer toolkit's refs(unc).p + COCO instances -> data/shards/<task>/."""
+    input:
+        params=ancient_params("data"),
+        code=sources("narvl.data.shard"),
+        raw=raw_inputs("refs", "instances", "images"),
+    output:
+        shards=directory(f"{SHARDS}/{{task}}"),
+    wildcard_constraints:
+        task=tasks_in_format("refer"),
+    params:
+        refs=raw_path("refs"),
+        instances=raw_path("instances"),
+        images=raw_path("images"),
+        values=lambda w: values("data.shard", task=w.task),
+    log:
+        logfile("data/shard-{task}"),
+    threads: RES["data"]["threads"]
+    resources:
+        mem_mb=RES["data"]["mem_mb"],
+        runtime=RES["data"]["runtime"],
+    shell:
+        "python -m narvl shard --params {input.params} --task {wildcards.task} --format refer"
+        " --refs {params.refs:q} --instances {params.instances:q} --images {params.images:q}"
+        " --out {output.shards} > {log} 2>&1"
+
+
+rule shard_ofa_tsv:
+    """Any task from OFA's TSV files (one per split, images inline as base64) -> data/shards/<task>/."""
+    input:
+        params=ancient_params("data"),
+        code=sources("narvl.data.shard"),
+        tsv=lambda w: list(_lookup("tsv", w, None).values()),
+    output:
+        shards=directory(f"{SHARDS}/{{task}}"),
+    wildcard_constraints:
+        task=tasks_in_format("ofa-tsv"),
+    params:
+        split_files=lambda w: [f"{split}={path}" for split, path in _lookup("tsv", w, None).items()],
+        values=lambda w: values("data.shard", task=w.task),
+    log:
+        logfile("data/shard-{task}"),
+    threads: RES["data"]["threads"]
+    resources:
+        mem_mb=RES["data"]["mem_mb"],
+        runtime=RES["data"]["runtime"],
+    shell:
+        "python -m narvl shard --params {input.params} --task {wildcards.task} --format ofa-tsv"
+        " --tsv {params.split_files:q} --out {output.shards} > {log} 2>&1"
+
+
+rule tokenizer:
+    """The BPE tokenizer (+ CTC blank and location bins), trained on every task's training text."""
+    input:
+        params=ancient_params("data"),
+        code=sources("narvl.data.tokenizer"),
+        shards=expand(f"{SHARDS}/{{task}}", task=PIPELINE.tasks),
+    output:
+        tokenizer=TOKENIZER,
+    params:
+        values=values("data.tokenizer"),
+    log:
+        logfile("data/tokenizer"),
+    threads: RES["data"]["threads"]
+    resources:
+        mem_mb=RES["data"]["mem_mb"],
+        runtime=RES["data"]["runtime"],
+    shell:
+        "python -m narvl tokenizer --params {input.params} --shards {input.shards} --out {output.tokenizer} > {log} 2>&1"
+
+
+rule data_all:
+    """Target: shards of every task and the tokenizer (the DVC stage `data`)."""
+    input:
+        shards=rules.tokenizer.input.shards,
+        tokenizer=TOKENIZER,

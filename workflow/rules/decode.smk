@@ -1,0 +1,55 @@
+# Decoding every evaluation split with every model and decoder, and the decoding-speed benchmark.
+
+
+rule decode:
+    """Predictions of one (task, split, model, decoder) cell, in the official result formats, and their provenance
+    sidecar (model, timing; `narvl score` copies it into the metrics file)."""
+    input:
+        params=ancient_params("decode"),
+        data_params=ancient_params("data"),  # the eval loader's settings: data.yaml beside --params
+        code=sources("narvl.decode.run"),
+        model=f"{RUNS}/{{task}}-{{model}}/model.pt",
+        shards=f"{SHARDS}/{{task}}",
+        tokenizer=TOKENIZER,
+    output:
+        predictions=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model}}-{{decoder}}.json",
+        provenance=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model}}-{{decoder}}.meta.json",
+    params:
+        values=lambda w: values("decode", "data.loader", task=w.task, drop=decode_drop(w)),
+    log:
+        logfile("decode/{task}-{split}-{model}-{decoder}"),
+    threads: RES["decode"]["threads"]
+    resources:
+        mem_mb=RES["decode"]["mem_mb"],
+        runtime=RES["decode"]["runtime"],
+        gpu=RES["decode"]["gpu"],
+    shell:
+        "python -m narvl decode --params {input.params} --model {input.model} --shards {input.shards}"
+        " --split {wildcards.split} --tokenizer {input.tokenizer} --decoder {wildcards.decoder}"
+        " --out {output.predictions} > {log} 2>&1"
+
+
+rule bench_decode:
+    """AR vs NAR decoding latency (greedy, beam; batch sizes of decode.bench_batch_sizes) on every model."""
+    input:
+        params=ancient_params("decode", "model", "data", "pipeline"),
+        code=sources("narvl.decode.bench"),
+        models=MODEL_FILES,
+        shards=expand(f"{SHARDS}/{{task}}", task=PIPELINE.tasks),
+        tokenizer=TOKENIZER,
+    output:
+        bench=BENCH,
+    params:
+        folder=folder_of("params"),
+        shards=folder_of("tokenizer"),
+        values=values("decode", "model", "data.shard", "data.loader", "pipeline.eval_splits"),
+    log:
+        logfile("decode/bench"),
+    threads: RES["bench"]["threads"]
+    resources:
+        mem_mb=RES["bench"]["mem_mb"],
+        runtime=RES["bench"]["runtime"],
+        gpu=RES["bench"]["gpu"],
+    shell:
+        "python -m narvl bench decode --params {params.folder} --models {input.models} --shards {params.shards}"
+        " --out {output.bench} > {log} 2>&1"

@@ -1,0 +1,118 @@
+# AR teacher and NAR student training (DeepSpeed), sequence-level distillation, and export of the model files.
+#
+# Outputs of a training run are its summary.json (written when training ends); the DeepSpeed checkpoints beside it
+# are deliberately not declared, so that Snakemake does not delete them before a rerun: a job stopped by a Slurm
+# time limit resumes from its last checkpoint when the workflow runs again (narvl train resumes by itself).
+#
+# `narvl train` with train.nproc > 1 starts its own torchrun for the processes of one node; threads = train.nproc
+# gives it those cores (or GPUs: resources.gpu). For several nodes set pipeline.resources.train.nodes and .mpi to an
+# srun prefix (docs/workflow.md, "Slurm"): the command then runs as one rank per srun task.
+
+TRAIN_VALUES_DROP = (  # keys `narvl train` does not read (distill_tasks decides which students exist: the DAG)
+    "train.distill_tasks", "data.loader.bench_micro_batch", "data.loader.bench_batches")
+DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "data.loader.bench_micro_batch",
+                       "data.loader.bench_batches")
+
+
+rule train:
+    """The AR baseline (kind ar) or the NAR model (kind nar) of one task, on the task's shards."""
+    input:
+        params=ancient_params("train", "model", "data"),
+        code=sources("narvl.train.main"),
+        shards=f"{SHARDS}/{{task}}",
+        tokenizer=TOKENIZER,
+    output:
+        summary=f"{RUNS}/{{task}}-{{kind}}/summary.json",
+    params:
+        folder=folder_of("params"),
+        run=lambda w, output: os.path.dirname(output.summary),
+        values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
+    log:
+        logfile("train/{task}-{kind}"),
+    threads: TRAIN.nproc
+    resources:
+        mem_mb=RES["train"]["mem_mb"],
+        runtime=RES["train"]["runtime"],
+        gpu=RES["train"]["gpu"],
+        nodes=RES["train"]["nodes"],
+        mpi=RES["train"]["mpi"],
+    shell:
+        "{resources.mpi} python -m narvl train --params {params.folder} --task {wildcards.task} --kind {wildcards.kind}"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --out {params.run} > {log} 2>&1"
+
+
+rule distill:
+    """Sequence-level KD: the AR teacher decodes the task's training set into KD shards."""
+    input:
+        params=ancient_params("decode", "data"),  # beam search settings; the loader's (data.yaml)
+        code=sources("narvl.train.distill"),
+        model=f"{RUNS}/{{task}}-ar/model.pt",
+        shards=f"{SHARDS}/{{task}}",
+        tokenizer=TOKENIZER,
+    output:
+        shards=directory(f"{KD_SHARDS}/{{task}}"),
+    params:
+        folder=folder_of("params"),
+        values=lambda w: values("decode", "data.loader", task=w.task, drop=DISTILL_VALUES_DROP),
+    log:
+        logfile("train/distill-{task}"),
+    threads: RES["distill"]["threads"]
+    resources:
+        mem_mb=RES["distill"]["mem_mb"],
+        runtime=RES["distill"]["runtime"],
+        gpu=RES["distill"]["gpu"],
+    shell:
+        "python -m narvl distill --params {params.folder} --model {input.model} --shards {input.shards}"
+        " --tokenizer {input.tokenizer} --out {output.shards} > {log} 2>&1"
+
+
+rule train_kd:
+    """The NAR student of one task trained on the AR teacher's outputs (train.distill_tasks)."""
+    input:
+        params=ancient_params("train", "model", "data"),
+        code=sources("narvl.train.main"),
+        shards=f"{KD_SHARDS}/{{task}}",
+        tokenizer=TOKENIZER,
+    output:
+        summary=f"{RUNS}/{{task}}-nar-kd/summary.json",
+    params:
+        folder=folder_of("params"),
+        run=lambda w, output: os.path.dirname(output.summary),
+        values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
+    log:
+        logfile("train/{task}-nar-kd"),
+    threads: TRAIN.nproc
+    resources:
+        mem_mb=RES["train"]["mem_mb"],
+        runtime=RES["train"]["runtime"],
+        gpu=RES["train"]["gpu"],
+        nodes=RES["train"]["nodes"],
+        mpi=RES["train"]["mpi"],
+    shell:
+        "{resources.mpi} python -m narvl train --params {params.folder} --task {wildcards.task} --kind nar"
+        " --shards {input.shards} --tokenizer {input.tokenizer} --out {params.run} > {log} 2>&1"
+
+
+rule export:
+    """The self-describing fp32 model file of a finished run."""
+    input:
+        code=sources("narvl.train.export"),
+        summary=f"{RUNS}/{{task}}-{{model}}/summary.json",
+    output:
+        model=f"{RUNS}/{{task}}-{{model}}/model.pt",
+    params:
+        run=lambda w, input: os.path.dirname(input.summary),
+    log:
+        logfile("train/export-{task}-{model}"),
+    threads: 1
+    resources:
+        mem_mb=RES["decode"]["mem_mb"],
+        runtime=RES["decode"]["runtime"],
+    shell:
+        "python -m narvl export --run {params.run} --out {output.model} > {log} 2>&1"
+
+
+rule train_all:
+    """Target: every exported model (the DVC stage `train`)."""
+    input:
+        models=MODEL_FILES,
