@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def test_torchrun_command():
     cmd = launch.torchrun_command(2, ["train", "--out", "runs/x"])
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "narvl",
                        "train", "--out", "runs/x"]
+
+
+def test_torchrun_env_shares_out_threads_and_finds_this_checkout():
+    env = launch.torchrun_env(2, {"OMP_NUM_THREADS": "8", "PYTHONPATH": "/x"})
+    assert env["OMP_NUM_THREADS"] == "4" and env[launch.SELF_LAUNCHED] == "1"
+    assert env["PYTHONPATH"].split(":") == [str(ROOT), "/x"]
+    assert launch.torchrun_env(4, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "1"
+    assert int(launch.torchrun_env(2, {})["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
 
 
 # --------------------------------------------------------------------------------------- batch and schedule
