@@ -278,3 +278,27 @@ def test_distill_rewrites_train_targets_with_the_teacher_and_keeps_the_rest(tiny
         assert json.loads(new[f"{meta['id']}.json"])["target"] == tok.decode(ids)
     info = json.loads((out / "distill.json").read_text())
     assert info["train_samples"] == 64 and info["distinct_inputs"] == 64 and info["beam_size"] == 3
+
+
+@pytest.mark.slurm
+def test_srun_tasks_train_as_ranks_like_torchrun(tiny, uninterrupted):
+    """`srun -n 2 narvl train`: each task is a rank (Slurm variables mapped to torch.distributed's); the run ends
+    with the same weights as the torchrun run. Needs Slurm (NARVL_SKIP_SLURM=1 skips, saying so)."""
+    if os.environ.get("NARVL_SKIP_SLURM") == "1":
+        pytest.skip("NARVL_SKIP_SLURM=1: the srun training test was not run")
+    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True) if shutil.which(
+        "sinfo") else None
+    if probe is None or probe.returncode != 0 or not probe.stdout.strip():
+        pytest.fail("no running Slurm (start one with `sudo bash scripts/start_slurm.sh`, or set NARVL_SKIP_SLURM=1)",
+                    pytrace=False)
+    out = tiny["dir"] / "caption-nar-srun"
+    cmd = ["srun", "-n", "2", "--cpus-per-task", "1", "--export", "ALL,OMP_NUM_THREADS=1",
+           *narvl_cmd(*train_args(tiny, out))]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "starting 2 ranks under torchrun" not in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 40
+    ref, _ = uninterrupted
+    a, b = module_state(ref / "checkpoints" / ck.tag_for(40)), module_state(out / "checkpoints" / ck.tag_for(40))
+    assert all(torch.equal(a[k], b[k]) for k in a)
