@@ -281,3 +281,21 @@ def test_other_kind_is_another_model(inputs, capsys, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_distilled_vqa_target_gets_weight_one_from_the_loader(inputs):
+    """The loader weights a VQA target by its soft score; a teacher answer outside the annotators' must not get 0."""
+    from narvl.data.loader import Collator
+    from narvl.data.tokenizer import Tokenizer
+    from narvl.train.distill import rewrite_meta
+
+    meta = {"id": "train_00000001", "task": "vqa", "prompt": "what colour is the square?", "target": "red",
+            "answers": ["red"] * 7 + ["blue"] * 3, "scores": {"red": 1.0, "blue": 0.9}}
+    new = rewrite_meta(meta, "green", "vqa")
+    assert new["target"] == "green" and new["original_target"] == "red"
+    assert new["original_scores"] == meta["scores"] and new["answers"] == meta["answers"]
+    collate = Collator(Tokenizer.load(inputs["tokenizer"]), "vqa", 32, 16, 4)
+    assert collate.target(meta)[1] == 1.0 and collate.target(dict(meta, target="green"))[1] == 0.0
+    assert collate.target(new)[1] == 1.0
+    caption = rewrite_meta({"target": "a red square", "references": ["x"]}, "a red circle", "caption")
+    assert caption == {"target": "a red circle", "original_target": "a red square", "references": ["x"]}
