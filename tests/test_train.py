@@ -100,7 +100,7 @@ def test_training_reduces_the_loss_and_logs_everything(tiny, uninterrupted):
 
     tb = scalars(out / "tb")
     for tag in ("train/loss", "train/ctc", "train/smooth", "train/infeasible", "train/lr", "train/samples_per_s",
-                "val/loss", "val/exact_match", "val/infeasible"):
+                "train/grad_norm", "val/loss", "val/exact_match", "val/infeasible"):
         assert tag in tb, f"{tag} missing from tensorboard ({sorted(tb)})"
     losses = [v for _, v in tb["train/loss"]]
     assert [s for s, _ in tb["train/loss"]] == list(range(2, 41, 2))
