@@ -5,7 +5,7 @@
   so, and ends with weights bit-identical to an uninterrupted run (weights, optimizer, schedule, RNG and data
   position restored)
 - the exported file rebuilds the model on its own and gives identical outputs
-- AR baseline with ZeRO-2 and bf16: export gathers the fp32 master weights
+- AR baseline with ZeRO-2, bf16 and gradient accumulation: export gathers the fp32 master weights
 """
 
 from __future__ import annotations
@@ -202,14 +202,15 @@ def test_export_without_checkpoint_is_a_clear_error(tmp_path, capsys):
 def ar_zero2_bf16(tiny):
     params = T.make_params(ROOT / "params", tiny["dir"] / "params-ar", steps={"caption": 16, "vqa": 16,
                                                                               "grounding": 16},
-                           zero_stage=2, precision="bf16", checkpoint_every=8, log_every=4)
+                           zero_stage=2, precision="bf16", checkpoint_every=8, log_every=4, micro_batch=2,
+                           grad_accum=2)
     out = tiny["dir"] / "caption-ar"
     run_narvl(*train_args(tiny, out, kind="ar", params=params))
     export(out, out / "model.pt")
     return out
 
 
-def test_ar_zero2_bf16_trains_and_exports_fp32_master_weights(ar_zero2_bf16):
+def test_ar_zero2_bf16_grad_accum_trains_and_exports_fp32_master_weights(ar_zero2_bf16):
     from narvl.model import ARModel, load
 
     out = ar_zero2_bf16
@@ -217,6 +218,9 @@ def test_ar_zero2_bf16_trains_and_exports_fp32_master_weights(ar_zero2_bf16):
     losses = [v for _, v in tb["train/loss"]]
     assert losses[-1] < losses[0], losses
     assert "train/grad_norm" in tb and "train/nll" in tb  # DeepSpeed's ZeRO optimizer reports the norm
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert (ds["gradient_accumulation_steps"], ds["train_micro_batch_size_per_gpu"], ds["bf16"]["enabled"]) == (
+        2, 2, True)
     tag = out / "checkpoints" / ck.tag_for(16)
     assert len(list(tag.glob("*_optim_states.pt"))) == 2  # ZeRO-2: one optimizer partition per rank
     model, meta = load(out / "model.pt")
