@@ -158,7 +158,9 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
         assert (metrics["task"], metrics["split"], metrics["model"], metrics["decoder"]) == (t, s, m, d)
         assert metrics["metrics"], metrics
     table = (clone / "results/tables/main.md").read_text()
-    assert "nar-kd" in table.lower() or "NAR-KD" in table
+    assert "## Image captioning" in table and "NAR + KD" in table
+    rows = (clone / "results/tables/main.csv").read_text().splitlines()[1:]
+    assert {tuple(row.split(",")[:4]) for row in rows} == set(cells)
     assert "narvl:results:start" in (clone / "tiny-README.md").read_text()
     assert (clone / "results/plots/gallery.png").stat().st_size > 0
 
