@@ -17,14 +17,19 @@ BENCHMARKS = {
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Only the chosen benchmark's module is imported (the others may need packages this run does not)."""
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in BENCHMARKS.items():
-        module = importlib.import_module(module_name)  # benchmark modules import heavy libraries inside main()
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(p)
-        p.set_defaults(_bench_module=module)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+            module.add_arguments(p)
+            p.set_defaults(_bench_module=module)
+        else:
+            sub.add_parser(name, help=help_text)
 
 
 def main(args: argparse.Namespace) -> int | None:

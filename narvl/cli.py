@@ -54,7 +54,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                 description=(module.__doc__ or help_text).strip(),
                 formatter_class=argparse.RawDescriptionHelpFormatter,
             )
-            module.add_arguments(p)
+            if module.add_arguments.__code__.co_argcount == 2:  # nested subcommands (bench) import lazily too
+                module.add_arguments(p, argv[argv.index(name) + 1:])
+            else:
+                module.add_arguments(p)
             p.set_defaults(_module=module)
         else:
             sub.add_parser(name, help=help_text)

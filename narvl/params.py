@@ -52,10 +52,15 @@ class SynthParams:
     val_images: int
     test_images: int
     captions_per_image: int
+    max_caption_words: int  # words + punctuation marks; keep under the caption target length (NAR queries)
     questions_per_image: int
     refs_per_image: int
     sentences_per_ref: int
     answer_noise: float  # chance that one of the 10 human answers deviates (synonym or mistake; at most 4 do)
+    # SNLI-VE: images (own Flickr30k-style ids) per split, one hypothesis per label each
+    ve_train_images: int
+    ve_dev_images: int
+    ve_test_images: int
     jpeg_quality: int
 
 
@@ -67,6 +72,7 @@ class ShardParams:
     image_size: dict[str, int]
     samples_per_shard: int
     jpeg_quality: int
+    workers: int  # processes that decode and resize images (0: none besides the main one); output is identical
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,8 @@ class TrainParams:
     micro_batch: int
     grad_accum: int
     lr: float
+    adam_betas: list[float]
+    adam_eps: float
     warmup_steps: int
     min_lr_ratio: float  # cosine decay to lr * min_lr_ratio
     weight_decay: float
@@ -166,9 +174,19 @@ class TrainParams:
     # VQA: multiply each target's log-likelihood by its soft VQA score (the paper's choice)
     vqa_score_weights: bool
     checkpoint_every: int
+    keep_checkpoints: int  # complete checkpoints kept on disk (older ones are deleted after each save)
+    # on resume, replay up to this many batches per rank to restore the exact data position; further in, the data
+    # stream is reseeded from the step instead (replaying decodes every skipped image)
+    resume_replay_batches: int
     log_every: int
+    val_every: int  # validation loss/metric every K steps (0: only at the end)
+    val_batches: int  # validation batches (of micro_batch samples) per evaluation
+    val_split: dict[str, str]  # per task: the split validated on during training
     # knowledge distillation: NAR students trained on AR-teacher outputs for these tasks
     distill_tasks: list[str]
+    # `narvl bench train`: steps per measurement and the process counts compared (micro_batch per process fixed)
+    bench_steps: int
+    bench_nprocs: list[int]
 
 
 # ------------------------------------------------------------------------------------------------------- decode

@@ -106,3 +106,35 @@ def test_box_tokens_selection_and_fallbacks():
     # no slot log-probs (AR output): missing coordinates come from the whole-image box
     assert box_tokens([12, 7], start, bins) == [12, 10, 29, 29]
     assert box_tokens([], start, bins) == [10, 10, 29, 29]
+
+
+def textbook_prefix_beam(lp: torch.Tensor, blank: int, beam: int) -> list[tuple[list[int], float]]:
+    """Plain prefix beam search over the whole vocabulary, in probabilities (float64), for comparison."""
+    p = lp.double().exp().tolist()
+    beams = {(): (1.0, 0.0)}
+    for frame in p:
+        new = defaultdict(lambda: [0.0, 0.0])
+        for prefix, (pb, pnb) in beams.items():
+            new[prefix][0] += (pb + pnb) * frame[blank]
+            if prefix:
+                new[prefix][1] += pnb * frame[prefix[-1]]
+            for c, pc in enumerate(frame):
+                if c == blank:
+                    continue
+                ext = prefix + (c,)
+                new[ext][1] += (pb if prefix and prefix[-1] == c else pb + pnb) * pc
+        beams = dict(sorted(new.items(), key=lambda kv: -sum(kv[1]))[:beam])
+    return [(list(k), math.log(sum(v))) for k, v in sorted(beams.items(), key=lambda kv: -sum(kv[1]))]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_beam_over_candidate_symbols_equals_full_vocabulary_search(seed):
+    torch.manual_seed(seed)
+    lp = (torch.randn(7, 15) * 2).log_softmax(-1)
+    lp[:, 3] += 1.0  # a likely blank, as CTC outputs have
+    lp = lp.log_softmax(-1)
+    for beam in (1, 2, 4):
+        got = beam_search(lp, 3, beam)
+        want = textbook_prefix_beam(lp, 3, beam)
+        assert [ids for ids, _ in got] == [ids for ids, _ in want]
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-9)

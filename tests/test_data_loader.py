@@ -19,6 +19,7 @@ from narvl.data.loader import epoch_samples, eval_loader, iter_samples, train_lo
 from narvl.data.readers import read_ofa_tsv
 from narvl.data.shard import write_shards
 from narvl.data.tokenizer import Tokenizer
+from narvl.errors import NarvlError
 from tests.fixtures.data import make
 
 BASE = params.load("params/data.yaml")
@@ -42,7 +43,8 @@ def tsv_rows(task: str) -> list[list[str]]:
             rows.append([str(100 + i), str(i), f"question {i}?", f"1.0|!+yes&&0.{i % 9 + 1}|!+no", "", jpg])
         else:
             w, h = size
-            rows.append([str(i), str(i), f"box {i}", f"{w * 0.1:.1f},{h * 0.2:.1f},{w * 0.9:.1f},{h * 0.7:.1f}", "", jpg][:4] + [jpg])
+            box = f"{w * 0.1:.1f},{h * 0.2:.1f},{w * 0.9:.1f},{h * 0.7:.1f}"
+            rows.append([str(i), str(i), f"box {i}", box, jpg])
     return rows
 
 
@@ -137,7 +139,8 @@ def test_batch_dict_images_tokens_and_targets(shards, tok):
         src = batch["src_tokens"][i][~batch["src_mask"][i]].tolist()
         assert src[0] == tok.bos_id and src[-1] == tok.eos_id and tok.decode(src) == meta["prompt"]
         n = batch["tgt_lengths"][i].item()
-        assert batch["tgt_tokens"][i, :n].tolist() == tok.encode(meta["target"])[: BASE.loader.max_target_len["caption"]]
+        max_len = BASE.loader.max_target_len["caption"]
+        assert batch["tgt_tokens"][i, :n].tolist() == tok.encode(meta["target"])[:max_len]
         assert (batch["tgt_tokens"][i, n:] == tok.pad_id).all()
         assert tok.bos_id not in batch["tgt_tokens"][i].tolist() and tok.eos_id not in batch["tgt_tokens"][i].tolist()
     # pixels: the resized JPEG normalised with ImageNet statistics at the top left, zeros elsewhere
@@ -164,3 +167,12 @@ def test_vqa_weight_is_the_target_soft_score_and_grounding_target_is_4_bins(shar
             step = size / (tok.num_bins - 1)
             assert all(abs(a - b) <= step / 2 + 1e-6 for a, b in zip(box, meta["box"]))
             assert meta["box"] == pytest.approx([c * size / max(meta["orig_size"]) for c in meta["orig_box"]], abs=0.6)
+
+
+def test_training_with_more_slots_than_samples_stops_with_a_clear_error(tmp_path, tok):
+    rows = [[str(i), str(i), f"caption {i}", "", make.b64(make.jpeg_bytes(i, (32, 24)))] for i in range(3)]
+    tsv = make.ofa_tsv(tmp_path / "c.tsv", rows)
+    write_shards(read_ofa_tsv("caption", "train", tsv), "caption", data_params(100, 0), tmp_path / "c")
+    loader = train_loader(tmp_path / "c", "train", tok, data_params(100, 0), "caption", 2, 3, 4, seed=0)
+    with pytest.raises(NarvlError, match="4 slots, more than the split's samples: slot 3 gets none"):
+        next(iter(loader))

@@ -197,6 +197,30 @@ def test_same_inputs_give_identical_shard_bytes(raw, tmp_path):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
 
+def test_image_worker_processes_give_the_same_bytes(raw, tmp_path):
+    """data.shard.workers only changes speed: 2 worker processes write what the main process alone writes."""
+    base = params.load(PARAMS)
+    from narvl.data.readers import read_refer
+    from narvl.data.shard import write_shards
+
+    images = tmp_path / "images"
+    import shutil
+
+    shutil.copytree(raw / "images", images)
+    (images / "train2014/COCO_train2014_000000510027.jpg").write_bytes(b"not a jpeg")  # skipped in both
+    outs = {}
+    for workers in (0, 2):
+        p = dataclasses.replace(base, shard=dataclasses.replace(base.shard, workers=workers, samples_per_shard=4))
+        outs[workers] = tmp_path / f"w{workers}"
+        records = read_refer(raw / "refcoco/refs(unc).p", raw / "refcoco/instances.json", images)
+        sizes = write_shards(records, "grounding", p, outs[workers])
+    assert sizes["testB"]["skipped"] == 6 and sizes["testA"]["samples"] == 6
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[2].iterdir()) and len(names) == 3
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[2] / name).read_bytes(), name
+
+
 def test_missing_and_corrupt_images_are_skipped_counted_and_listed(raw, tmp_path, capsys):
     images = tmp_path / "images"
     import shutil
@@ -290,7 +314,8 @@ def test_ofa_tsv_bad_rows_name_file_and_line(tmp_path):
 
     jpg = make.b64(make.jpeg_bytes(1, (32, 32)))
     cases = [
-        ("vqa", ["1", "1", "q?", "yes", "", jpg], r"line 1 \(question-id 1\): answer 'yes' is not 'confidence\|!\+answer'"),
+        ("vqa", ["1", "1", "q?", "yes", "", jpg],
+         r"line 1 \(question-id 1\): answer 'yes' is not 'confidence\|!\+answer'"),
         ("grounding", ["1", "1", "x", "3,4,1", jpg], r"line 1 \(uniq-id 1\): region-coord '3,4,1'"),
         ("caption", ["1", "one", "c", "", jpg], r"line 1 \(uniq-id 1\): column 'image-id' should be an integer"),
     ]

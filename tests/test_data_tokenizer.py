@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -51,7 +50,8 @@ def test_box_bins_round_trip_within_one_bin(tok):
         back = tok.tokens_to_box(ids, size)
         assert all(abs(a - b) <= step / 2 + 1e-9 for a, b in zip(back, [x0, y0, x1, y1]))
     # the rule c -> round(c / size * (B - 1)), ends included
-    assert tok.box_to_tokens([0, 48, 96, 95.1], 96) == [5 + 0, 5 + round(48 / 96 * 49), 5 + 49, 5 + round(95.1 / 96 * 49)]
+    expected = [5 + 0, 5 + round(48 / 96 * 49), 5 + 49, 5 + round(95.1 / 96 * 49)]
+    assert tok.box_to_tokens([0, 48, 96, 95.1], 96) == expected
     assert tok.tokens_to_box([tok.eos_id, 5, 5 + 49], 96) is None  # fewer than 4 location tokens
     assert tok.tokens_to_box([tok.bos_id, 5, 99, 5 + 10, 5 + 20, 5 + 49, 5 + 3], 98) == [0.0, 20.0, 40.0, 98.0]
 
@@ -105,6 +105,11 @@ def test_from_gpt2_tiny_vocab_and_merges(tmp_path):
     assert tok.decode(tok.encode("abc bc")) == "abc bc"
     assert tok.vocab_size == 5 + 8 + len(vocab)
     assert tok.box_to_tokens([0, 0, 10, 10], 10) == [5, 5, 12, 12]
+    out = tmp_path / "tokenizer.json"
+    assert cli_main(["tokenizer", "--params", "params/data.yaml", "--gpt2", str(tmp_path / "vocab.json"),
+                     str(tmp_path / "merges.txt"), "--out", str(out)]) == 0
+    converted = Tokenizer.load(out)
+    assert converted.num_bins == 100 and converted.encode("abc") == [5 + 100 + vocab["Ġabc"]]
     (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ a\nx y\n", encoding="utf-8")
     with pytest.raises(NarvlError, match=r"merges\.txt: line 3: token 'x' is not in"):
         Tokenizer.from_gpt2(tmp_path / "vocab.json", tmp_path / "merges.txt", num_bins=8)

@@ -86,3 +86,10 @@ def test_cli_help_lists_every_subcommand(capsys):
     out = capsys.readouterr().out
     for name in ("synth", "shard", "tokenizer", "train", "decode", "score", "report", "bench"):
         assert name in out
+
+
+def test_bench_imports_only_the_chosen_benchmark(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", "data", "--help"])
+    assert exit_info.value.code == 0
+    assert "--shards" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from narvl.cli import main as cli_main
 from narvl.errors import NarvlError
 from narvl.report import readme, tables
-from narvl.report.inputs import load_metrics
+from narvl.report.inputs import load_bench, load_metrics
 
 SPLITS = {"caption": ["test"], "vqa": ["val"], "grounding": ["val", "testA", "testB"]}
 CELLS = [(m, d) for m in ("ar", "nar", "nar-kd") for d in ("greedy", "beam")]
@@ -49,18 +49,18 @@ def make_metrics(folder, rng, skip=()):
     return written
 
 
-def make_bench(path, rng):
-    results = []
+def make_bench(path, rng, mode="models"):
+    """`narvl bench decode` output (narvl/decode/bench.py): ms per batch per method, CPU rows."""
+    rows = []
     for task in SPLITS:
-        for model, decoder in CELLS:
-            for b in (1, 8, 32):
-                base = {"ar": 40.0, "nar": 8.0, "nar-kd": 8.0}[model] * (2 if decoder == "beam" else 1)
-                results.append({"task": task, "model": model, "decoder": decoder, "batch_size": b,
-                                "ms_per_sample": base / b ** 0.5 * rng.uniform(0.9, 1.1), "samples": 16})
-        results.append({"task": task, "model": "nar", "decoder": "encoder", "batch_size": 1, "ms_per_sample": 3.0})
+        for b in (1, 8, 32):
+            ms = {"encoder": 3.0 * b ** 0.5}
+            for method, base in (("nar_greedy", 8.0), ("nar_beam", 16.0), ("ar_greedy", 40.0), ("ar_beam", 80.0)):
+                ms[method] = base * b ** 0.5 * rng.uniform(0.9, 1.1)
+            rows.append({"device": "cpu", "task": task, "batch": b, "ms": ms, "ms_median": ms, "ratios": {}})
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"device": "cpu", "results": results}))
-    return results
+    path.write_text(json.dumps({"mode": mode, "results": rows}))
+    return rows
 
 
 def make_runs(folder):
@@ -72,6 +72,10 @@ def make_runs(folder):
             w.add_scalar("train/loss", 5.0 / (1 + step / 10), step)
             w.add_scalar("train/lr", 1e-4, step)
         w.close()
+        summary = {"task": "caption", "kind": run.split("-")[1], "steps": 50, "world_size": 2,
+                   "final": {"loss": 0.123456, "lr": 1e-4}, "val": {"loss": 0.5, "exact_match": 0.25},
+                   "samples_per_s": 31.25, "wall_s_total": 12.5}
+        (folder / run / "summary.json").write_text(json.dumps(summary))
 
 
 def _add(tar, name, data):
@@ -124,7 +128,8 @@ def make_shards_and_predictions(shards, preds_dir):
             (preds_dir / f"{task}-{split}-{model}-greedy.json").write_text(json.dumps(recs))
 
 
-README_TEXT = "# narvl\n\nIntro stays.\n\n<!-- narvl:results:start -->\nold numbers 1.23\n<!-- narvl:results:end -->\n\nTail.\n"
+README_TEXT = ("# narvl\n\nIntro stays.\n\n<!-- narvl:results:start -->\nold numbers 1.23\n<!-- narvl:results:end -->\n"
+               "\nTail.\n")
 
 
 @pytest.fixture(scope="module")
@@ -162,22 +167,29 @@ def test_report_tables_hold_exactly_the_input_numbers(workspace):
             assert got[(task, split, model, decoder, q)] == ("" if v is None else repr(v))
             if v is not None:
                 expected_md.add(f"{100 * v:.1f}" if task == "caption" else f"{v:.2f}")
-    lat = {(r["task"], r["model"], r["decoder"]): r["ms_per_sample"] for r in ws["bench_records"]
-           if r["batch_size"] == 1 and r["decoder"] != "encoder"}
+    lat = {}
+    for row in ws["bench_records"]:
+        if row["batch"] == 1:
+            for method, ms in row["ms"].items():
+                if method != "encoder":
+                    model, decoder = method.split("_")
+                    lat[(row["task"], model, decoder)] = ms
+                    if model == "nar":
+                        lat[(row["task"], "nar-kd", decoder)] = ms
     for (task, model, decoder), ms in lat.items():
-        assert float(got[(task, "", model, decoder, "ms_per_sample@batch1")]) == ms
+        assert float(got[(task, "", model, decoder, "ms_per_sample@cpu,batch1")]) == ms
         speedup = lat[(task, "ar", decoder)] / ms
-        assert float(got[(task, "", model, decoder, "speedup_vs_ar@batch1")]) == speedup
+        assert float(got[(task, "", model, decoder, "speedup_vs_ar@cpu,batch1")]) == speedup
         expected_md.add(f"{ms:.2f}")
         expected_md.add(f"{speedup:.2f}×")
-    md = (ws["out"] / "tables" / "main.md").read_text()
+    md = (ws["out"] / "tables" / "main.md").read_text().split("## Training runs")[0]
     table_cells = set()
     for line in md.splitlines():
         if line.startswith("| ") and not line.startswith("| model") and "---" not in line:
             table_cells.update(c.strip() for c in line.strip("|").split("|")[2:])
     assert table_cells - {"n/a"} == expected_md
     assert "n/a SPICE: Stanford CoreNLP 3.6.0 is not installed" in md
-    assert "| NAR + KD | beam |" in md and "ms/sample (batch 1)" in md
+    assert "| NAR + KD | beam |" in md and "ms/sample (cpu, batch 1)" in md
 
 
 def test_readme_block_is_refreshed_and_nothing_else(workspace):
@@ -188,8 +200,8 @@ def test_readme_block_is_refreshed_and_nothing_else(workspace):
     assert head == "# narvl\n\nIntro stays.\n\n" and tail == "\n\nTail.\n"
     assert "old numbers" not in block and "### Image captioning" in block
     assert "](results/plots/latency_batch.png)" in block
-    md = (ws["out"] / "tables" / "main.md").read_text()
-    # the README block shows the same table rows as main.md
+    md = (ws["out"] / "tables" / "main.md").read_text().split("## Training runs")[0]
+    # the README block shows the same task table rows as main.md
     assert [line for line in block.splitlines() if line.startswith("| ")] == [
         line for line in md.splitlines() if line.startswith("| ")]
     assert run_report(ws) == 0 and ws["readme"].read_text() == text  # idempotent
@@ -216,10 +228,12 @@ def test_missing_cells_dash_and_missing_predictions_are_flagged(tmp_path):
     cell = json.loads((tmp_path / "m" / "vqa-val-nar-greedy.json").read_text())
     cell["coverage"].update(missing=3, missing_ids=[1, 2, 3])
     (tmp_path / "m" / "vqa-val-nar-greedy.json").write_text(json.dumps(cell))
-    bench = [r for r in make_bench(tmp_path / "b.json", rng) if not (r["task"] == "vqa" and r["model"] == "nar-kd")]
-    built = {t.task: t for t in tables.build(load_metrics(tmp_path / "m"), bench)}
+    make_bench(tmp_path / "b.json", rng)
+    bench, info = load_bench(tmp_path / "b.json")
+    bench = [r for r in bench if not (r["task"] == "vqa" and r["model"] == "nar-kd")]
+    built = {t.task: t for t in tables.build(load_metrics(tmp_path / "m"), bench, info["mode"])}
     md = tables.to_markdown([built["vqa"]])
-    assert "NAR + KD" not in md
+    assert "| NAR + KD |" not in md
     nar_row = next(line for line in md.splitlines() if line.startswith("| NAR (NARVL) | greedy"))
     assert re.search(r"\d\.\d\d†", nar_row)
     assert "3 of 10 items had no prediction" in md
@@ -230,3 +244,11 @@ def test_unnamed_or_duplicate_cells_are_errors(tmp_path):
                                                  "metrics": {}}))
     with pytest.raises(NarvlError, match="not fully named"):
         load_metrics(tmp_path)
+
+
+def test_training_table_from_summaries(workspace):
+    md = (workspace["out"] / "tables" / "main.md").read_text()
+    assert "| caption-ar | 50 | 0.1235 | 0.5000 | 0.250 | 31.2 | 2 | 12 |" in md
+    rows = list(csv.DictReader(io.StringIO((workspace["out"] / "tables" / "main.csv").read_text())))
+    got = {(r["model"], r["quantity"]): r["value"] for r in rows if r["quantity"].startswith("train:")}
+    assert got[("caption-nar", "train:final.loss")] == "0.123456" and got[("caption-nar", "train:steps")] == "50"

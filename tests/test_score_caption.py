@@ -169,3 +169,8 @@ def test_not_json_is_an_error_through_the_cli(tmp_path, small, capsys):
     assert rc == 2
     assert "p.json: not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_line_separators_inside_captions_cannot_shift_captions_to_other_images():
+    texts = {1: ["a red\rcar"], 2: ["two\u2028dogs\x0bplay", "x\x85y"], 3: ["last one\n"], 4: [""]}
+    assert caption.ptb_tokenize(texts) == {1: ["a red car"], 2: ["two dogs play", "x y"], 3: ["last one"], 4: [""]}

@@ -180,3 +180,23 @@ def test_provenance_reads_the_decode_sidecar_and_hashes_inputs(tmp_path):
     m = json.loads(out.read_text())
     assert m["provenance"]["decode"] == {"step": 7}
     assert (m["model"], m["decoder"]) == ("nar", "greedy")
+
+
+def test_real_refcoco_records_give_their_coco_boxes_and_score_100_with_them(tmp_path):
+    """The real refer-toolkit records of tests/fixtures/refcoco (via the data room's fixture writer)."""
+    from tests.fixtures.data import make
+
+    refs, inst = make.refer(tmp_path)
+    records = [r for r in make.refcoco_records() if r["split"] == "testA"]
+    items = grounding.load_refer(refs, inst, "testA")
+    assert sorted(i.sent_id for i in items) == sorted(s["sent_id"] for r in records for s in r["sentences"])
+    for r in records:
+        x, y, w, h = r["ann"]["bbox"]
+        for it in (i for i in items if i.ref_id == r["ref_id"]):
+            assert it.box == (x, y, x + w, y + h)
+    preds = _preds(tmp_path, [{"ref_id": r["ref_id"], "sent_id": s["sent_id"],
+                               "box": [r["ann"]["bbox"][0], r["ann"]["bbox"][1],
+                                       r["ann"]["bbox"][0] + r["ann"]["bbox"][2],
+                                       r["ann"]["bbox"][1] + r["ann"]["bbox"][3]]}
+                              for r in records for s in r["sentences"]])
+    assert grounding.score(items, preds, P, str(refs))["metrics"]["Acc@0.5"] == 100.0

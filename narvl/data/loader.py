@@ -63,11 +63,15 @@ def iter_samples(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
             yield {"key": key, "jpg": raw["jpg"], "meta": meta}
 
 
+def decode_jpeg_array(data: bytes) -> np.ndarray:
+    """uint8 (h, w, 3)."""
+    with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+
+
 def decode_jpeg(data: bytes) -> torch.Tensor:
     """uint8 (3, h, w)."""
-    with Image.open(io.BytesIO(data)) as image:
-        array = np.asarray(image.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return torch.from_numpy(decode_jpeg_array(data).copy()).permute(2, 0, 1)
 
 
 # ---------------------------------------------------------------------------------------------------- collation
@@ -77,8 +81,9 @@ class Collator:
     def __init__(self, tokenizer: Tokenizer, task: str, canvas: int, max_source_len: int, max_target_len: int):
         self.tok, self.task, self.canvas = tokenizer, task, canvas
         self.max_source_len, self.max_target_len = max_source_len, max_target_len
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        # (x / 255 - mean) / std  ==  x * scale + bias, per channel
+        self.scale = (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32).reshape(3, 1, 1)
+        self.bias = (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32).reshape(3, 1, 1)
 
     def source(self, meta: dict) -> list[int]:
         ids = self.tok.encode(meta["prompt"])[: self.max_source_len - 2]
@@ -91,15 +96,24 @@ class Collator:
         weight = float(meta["scores"].get(meta["target"], 0.0)) if self.task == "vqa" else 1.0
         return ids, weight
 
-    def image(self, sample: dict) -> torch.Tensor:
-        img = decode_jpeg(sample["jpg"])
-        _, h, w = img.shape
-        if h > self.canvas or w > self.canvas:
-            raise NarvlError(f"sample {sample['key']}: image {w}x{h} is larger than the {self.canvas}-pixel canvas "
-                             "(data.shard.image_size changed since the shards were made? run `narvl shard` again)")
-        out = torch.zeros(3, self.canvas, self.canvas)
-        out[:, :h, :w] = (img.float() / 255.0 - self.mean) / self.std
-        return out
+    def images(self, samples: list[dict]) -> torch.Tensor:
+        """(B, 3, S, S): each image at the top left, normalised; the padding is 0.
+
+        Done in numpy, whose element-wise operations stay on one thread: with no loader workers this runs in the
+        training process, where torch's intra-op threads would compete with the model's.
+        """
+        out = np.zeros((len(samples), 3, self.canvas, self.canvas), dtype=np.float32)
+        for i, sample in enumerate(samples):
+            img = decode_jpeg_array(sample["jpg"])
+            h, w, _ = img.shape
+            if h > self.canvas or w > self.canvas:
+                raise NarvlError(f"sample {sample['key']}: image {w}x{h} is larger than the {self.canvas}-pixel "
+                                 "canvas (data.shard.image_size changed since the shards were made? run `narvl "
+                                 "shard` again)")
+            region = out[i, :, :h, :w]
+            np.multiply(img.transpose(2, 0, 1), self.scale, out=region, casting="unsafe")
+            region += self.bias
+        return torch.from_numpy(out)
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         metas = [s["meta"] for s in samples]
@@ -112,7 +126,7 @@ class Collator:
             src[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             tgt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
         return {
-            "images": torch.stack([self.image(s) for s in samples]),
+            "images": self.images(samples),
             "src_tokens": src,
             "src_mask": src.eq(self.tok.pad_id),
             "tgt_tokens": tgt,
@@ -158,7 +172,13 @@ class _Stream(IterableDataset):
 
         def endless():
             for epoch in range(10**12):
-                yield from epoch_samples(self.shards, slot, slots, self.seed, epoch)
+                count = 0
+                for sample in epoch_samples(self.shards, slot, slots, self.seed, epoch):
+                    count += 1
+                    yield sample
+                if count == 0:
+                    raise NarvlError(f"{self.shards[0].parent}: ranks x workers = {slots} slots, more than the split's "
+                                     f"samples: slot {slot} gets none (use fewer loader workers or ranks)")
 
         rng = random.Random(f"{self.seed}-slot-{slot}")
         return _shuffle(endless(), bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)

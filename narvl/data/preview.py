@@ -57,7 +57,7 @@ def render(shard_dir: Path, split: str, tokenizer, data_params, out: Path) -> in
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     rows = (len(samples) + COLUMNS - 1) // COLUMNS
-    fig, axes = plt.subplots(rows, COLUMNS, figsize=(4 * COLUMNS, 4.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, COLUMNS, figsize=(4 * COLUMNS, 5.0 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, meta in enumerate(batch["meta"]):
@@ -88,7 +88,7 @@ def render(shard_dir: Path, split: str, tokenizer, data_params, out: Path) -> in
                 lines.append(f"+{len(meta['references']) - 1} more references")
         ax.set_title("\n".join(textwrap.fill(line, 44) for line in lines), fontsize=8, loc="left")
     fig.suptitle(f"{shard_dir} [{split}]: the first {len(samples)} samples as the model sees them", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (4.6 * rows)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (5.0 * rows)))
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)

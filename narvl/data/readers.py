@@ -98,7 +98,8 @@ def read_karpathy(annotations: Path, images: Path) -> list[Record]:
             raise NarvlError(f"{annotations}: {where}: unknown split '{raw_split}' (expected one of "
                              f"{', '.join(KARPATHY_SPLITS)})")
         split = KARPATHY_SPLITS[raw_split]
-        path = images / _get(entry, "filepath", str, annotations, where) / _get(entry, "filename", str, annotations, where)
+        folder = _get(entry, "filepath", str, annotations, where)
+        path = images / folder / _get(entry, "filename", str, annotations, where)
         sentences = _get(entry, "sentences", list, annotations, where)
         if not sentences:
             raise NarvlError(f"{annotations}: {where}: no sentences")
@@ -162,7 +163,8 @@ def read_vqav2(questions: list[Path], annotations: list[Path], images: Path) -> 
             j, ann = anns[qid]
             awhere = f"annotations[{j}] (question_id {qid})"
             if _get(ann, "image_id", int, apath, awhere) != image_id:
-                raise NarvlError(f"{apath}: {awhere}: image_id {ann['image_id']} differs from the question's {image_id}")
+                raise NarvlError(f"{apath}: {awhere}: image_id {ann['image_id']} differs from the question's "
+                                 f"{image_id}")
             answer_type = _get(ann, "answer_type", str, apath, awhere)
             answers = [_get(a, "answer", str, apath, f"{awhere} answers[{k}]").strip()
                        for k, a in enumerate(_get(ann, "answers", list, apath, awhere))]

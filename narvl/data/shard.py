@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections import OrderedDict
+import multiprocessing
+from collections import OrderedDict, deque
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from tqdm import tqdm
 from webdataset.writer import TarWriter
@@ -93,6 +95,44 @@ def _check_key_part(split: str) -> str:
     return split
 
 
+def _image_groups(records: Iterable[Record]) -> Iterator[list[Record]]:
+    """Runs of consecutive records that share an image (readers sort so that they mostly do)."""
+    group: list[Record] = []
+    for rec in records:
+        if group and rec.image_key != group[0].image_key:
+            yield group
+            group = []
+        group.append(rec)
+    if group:
+        yield group
+
+
+def _prepared(records: Iterable[Record], longest: int, quality: int, workers: int) -> Iterator[tuple]:
+    """(record, prepared image) in input order; images prepared by `workers` processes (0: in this one)."""
+    if workers == 0:
+        cache: OrderedDict[str, tuple | str] = OrderedDict()  # also catches repeats that are not consecutive
+        for rec in records:
+            if rec.image_key not in cache:
+                cache[rec.image_key] = imglib.prepare_image(rec.image, longest, quality)
+                if len(cache) > 64:
+                    cache.popitem(last=False)
+            yield rec, cache[rec.image_key]
+        return
+    window = 16 * workers  # images in flight: bounded memory even for TSV files of base64 images
+    pending: deque = deque()
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for group in _image_groups(records):
+            pending.append((group, pool.submit(imglib.prepare_image, group[0].image, longest, quality)))
+            if len(pending) >= window:
+                group, future = pending.popleft()
+                image = future.result()
+                yield from ((rec, image) for rec in group)
+        while pending:
+            group, future = pending.popleft()
+            image = future.result()
+            yield from ((rec, image) for rec in group)
+
+
 def write_shards(records: Iterable[Record], task: str, data_params, out: Path, total: int | None = None) -> dict:
     """Write records into OUT (atomically, the whole folder) and return the sizes.json content."""
     shard_params = data_params.shard
@@ -100,27 +140,16 @@ def write_shards(records: Iterable[Record], task: str, data_params, out: Path, t
         raise NarvlError(f"data.shard.image_size has no entry for task '{task}'")
     longest = shard_params.image_size[task]
     num_bins = data_params.tokenizer.num_bins
-    cache: OrderedDict[str, tuple[bytes, tuple[int, int], tuple[int, int]] | imglib.BadImage] = OrderedDict()
     with atomic_path(out, is_dir=True) as tmp:
         writers: dict[str, _SplitWriter] = {}
         try:
-            for rec in tqdm(records, total=total, desc=f"shard {task}", unit="sample", mininterval=1.0):
+            prepared = _prepared(records, longest, shard_params.jpeg_quality, shard_params.workers)
+            for rec, image in tqdm(prepared, total=total, desc=f"shard {task}", unit="sample", mininterval=1.0):
                 writer = writers.get(rec.split)
                 if writer is None:
-                    writer = writers[rec.split] = _SplitWriter(tmp, task, _check_key_part(rec.split), shard_params.samples_per_shard)
-                image = cache.get(rec.image_key)
-                if image is None:
-                    try:
-                        source = imglib.decode_base64(rec.image) if isinstance(rec.image, str) else rec.image
-                        pil = imglib.open_image(source)
-                        resized = imglib.resize_longest(pil, longest)
-                        image = (imglib.encode_jpeg(resized, shard_params.jpeg_quality), pil.size, resized.size)
-                    except imglib.BadImage as e:
-                        image = e
-                    cache[rec.image_key] = image
-                    if len(cache) > 64:
-                        cache.popitem(last=False)
-                if isinstance(image, imglib.BadImage):
+                    writer = writers[rec.split] = _SplitWriter(tmp, task, _check_key_part(rec.split),
+                                                               shard_params.samples_per_shard)
+                if isinstance(image, str):
                     log.warning("%s %s: skipped: %s", rec.split, rec.source_id, image)
                     writer.skipped.append(rec.source_id)
                     continue

@@ -207,11 +207,7 @@ class Desc:
     attrs: tuple[tuple[str, str], ...]  # (key, value) in size, colour, shape order
     ordinal: str | None = None  # the extreme one in this direction among those matching attrs
     relation: str | None = None  # the one in this direction of the landmark
-    landmark: Desc | None = None
-    landmark_index: int | None = None
-
-    def keys(self) -> set[str]:
-        return {k for k, _ in self.attrs}
+    landmark: Desc | None = None  # the landmark's own (attribute-only) description
 
 
 def _attrs(o: Obj, keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -272,7 +268,7 @@ def descriptions(scene: Scene, target: int, exclude: tuple[str, ...] = ()) -> li
             if not strictly(t, lo, d):
                 continue
             for keys in subsets:
-                desc = Desc(_attrs(t, keys), relation=d, landmark=lm_desc, landmark_index=lm)
+                desc = Desc(_attrs(t, keys), relation=d, landmark=lm_desc)
                 if resolve(scene, desc) == [target]:
                     out.append(desc)
     return out
@@ -376,24 +372,29 @@ def _clear_pairs(scene: Scene) -> list[tuple[int, int, str]]:
 
 
 def caption(rng: random.Random, scene: Scene) -> str:
-    """One caption, in one of several forms."""
+    """One caption, in one of several forms (some long, some short; `captions` keeps those within a length)."""
     objs = list(scene.objects)
     n = len(objs)
     with_size = rng.random() < 0.5
-    form = rng.randrange(6)
+    form = rng.randrange(8)
     pairs = _clear_pairs(scene)
+    shapes = rng.choice(("shapes", "objects"))
     if form == 0:  # left to right
         items = [_np_with_article(rng, o, with_size) for o in sorted(objs, key=lambda o: o.centre[0])]
         return _join(items) + rng.choice(("", f" on a {scene.background} background"))
     if form == 1:  # counts
-        noun = rng.choice(("shapes", "objects"))
-        return f"{NUMBER_WORDS[n]} {noun} on a {scene.background} background: {_groups(rng, scene)}"
+        lead = rng.choice((f"{NUMBER_WORDS[n]} {shapes} on a {scene.background} background:",
+                           f"{NUMBER_WORDS[n]} {shapes}:"))
+        return f"{lead} {_groups(rng, scene)}"
     if form == 2 and pairs:  # one relation, then the rest
         i, j, d = rng.choice(pairs)
         text = f"{_np_with_article(rng, objs[i], with_size)} {rng.choice(REL_PHRASES[d])} " \
                f"{_np_with_article(rng, objs[j], with_size)}"
-        rest = [_np_with_article(rng, o, with_size) for k, o in enumerate(objs) if k not in (i, j)]
-        return text + (f" and {_join(rest)}" if rest else "")
+        if n == 2:
+            return text
+        if rng.random() < 0.5:
+            return text + f" and {_join([_np_with_article(rng, o, with_size) for k, o in enumerate(objs) if k not in (i, j)])}"
+        return text + f" and {NUMBER_WORDS[n - 2]} other {'shape' if n == 3 else 'shapes'}"
     if form == 3 and pairs:
         i, j, d = rng.choice(pairs)
         return f"there is {_np_with_article(rng, objs[i], with_size)} {rng.choice(REL_PHRASES[d])} " \
@@ -403,16 +404,30 @@ def caption(rng: random.Random, scene: Scene) -> str:
         rng.shuffle(order)
         lead = rng.choice(("an image with", "a picture of", "a drawing of"))
         return f"{lead} {_join([_np_with_article(rng, o, with_size) for o in order])}"
-    return f"{_groups(rng, scene)} on a {scene.background} background"
+    if form == 5:  # a count and two of the objects
+        a, b = rng.sample(objs, 2)
+        lead = rng.choice(("a picture of", "an image of", ""))
+        text = f"{NUMBER_WORDS[n]} {shapes} including {_np_with_article(rng, a, with_size)}"
+        text += f" and {_np_with_article(rng, b, with_size)}" if n > 2 else ""
+        return f"{lead} {text}".strip()
+    if form == 6:
+        return f"{_groups(rng, scene)} on a {scene.background} background"
+    return _groups(rng, scene)
 
 
-def captions(rng: random.Random, scene: Scene, count: int) -> list[str]:
+def caption_length(text: str) -> int:
+    """Words plus punctuation marks: about the number of tokens a word-level tokenizer makes of the text."""
+    return len(tokenize(text)) + sum(text.count(c) for c in ",.:;")
+
+
+def captions(rng: random.Random, scene: Scene, count: int, max_length: int) -> list[str]:
+    """Up to `count` distinct captions of at most `max_length` words and punctuation marks."""
     out: list[str] = []
-    for _ in range(count * 10):
+    for _ in range(count * 20):
         if len(out) == count:
             break
         text = caption(rng, scene)
-        if text not in out:
+        if text not in out and caption_length(text) <= max_length:
             out.append(text)
     return out
 
@@ -496,7 +511,7 @@ def question(rng: random.Random, scene: Scene, kind: str) -> Question | None:
             lm = Desc(_attrs(objs[j], ("colour", "shape")))
             if resolve(scene, lm) != [j]:
                 continue
-            desc = Desc((), relation=d, landmark=lm, landmark_index=j)
+            desc = Desc((), relation=d, landmark=lm)
             if resolve(scene, desc) != [i]:
                 continue
             rel = rng.choice(REL_PHRASES[d])
@@ -536,6 +551,9 @@ SYNONYMS = {
 }
 
 
+OPPOSITE_YN = {"yes": "no", "no": "yes"}
+
+
 def human_answers(rng: random.Random, q: Question, noise: float) -> list[tuple[str, str]]:
     """Ten (answer, confidence) pairs: mostly the true answer, some synonyms and mistakes (at most 4 deviate)."""
     answers = []
@@ -557,4 +575,85 @@ def human_answers(rng: random.Random, q: Question, noise: float) -> list[tuple[s
     return answers
 
 
-OPPOSITE_YN = {"yes": "no", "no": "yes"}
+
+# --------------------------------------------------------------------------------------------- visual entailment
+VE_LABELS = ("entailment", "neutral", "contradiction")
+# statements no picture of shapes can confirm or refute (SNLI's "neutral": plausible, not shown)
+NEUTRAL_PREDICATES = ("is made of wood", "is made of paper", "is made of metal", "is heavy", "is moving",
+                      "is spinning", "was drawn by a child", "was cut out of cardboard", "is about to fall")
+
+
+def hypothesis(rng: random.Random, scene: Scene, label: str) -> str | None:
+    """A statement about the scene that the image entails, contradicts, or leaves open (SNLI-VE's three labels)."""
+    objs = scene.objects
+    n = len(objs)
+    present = {(o.colour, o.shape) for o in objs}
+    form = rng.randrange(3)
+    if label == "entailment":
+        if form == 0:
+            o = rng.choice(objs)
+            return f"there is {article(o.colour)} {o.colour} {o.shape}"
+        if form == 1:
+            return f"there are {NUMBER_WORDS[n]} {rng.choice(('shapes', 'objects'))}"
+        pairs = _clear_pairs(scene)
+        if not pairs:
+            return None
+        i, j, d = rng.choice(pairs)
+        a, b = (noun_phrase(rng, _attrs(objs[k], ("colour", "shape"))) for k in (i, j))
+        return f"{article(a)} {a} is {rng.choice(REL_PHRASES[d])} {article(b)} {b}"
+    if label == "contradiction":
+        if form == 0:
+            absent = [(c, s) for c in sorted(COLOURS) for s in SHAPES if (c, s) not in present]
+            c, s = rng.choice(absent)
+            return f"there is {article(c)} {c} {s}"
+        if form == 1:
+            m = rng.choice([k for k in range(1, 7) if k != n])
+            return f"there {'is' if m == 1 else 'are'} {NUMBER_WORDS[m]} {'shape' if m == 1 else 'shapes'}"
+        # a relation between two uniquely named objects, reversed
+        pairs = [(i, j, d) for i, j, d in _clear_pairs(scene)
+                 if resolve(scene, Desc(_attrs(objs[i], ("colour", "shape")))) == [i]
+                 and resolve(scene, Desc(_attrs(objs[j], ("colour", "shape")))) == [j]]
+        if not pairs:
+            return None
+        i, j, d = rng.choice(pairs)
+        a, b = (noun_phrase(rng, _attrs(objs[k], ("colour", "shape"))) for k in (i, j))
+        return f"the {a} is {rng.choice(REL_PHRASES[OPPOSITE[d]])} the {b}"
+    if label == "neutral":
+        t = rng.randrange(n)
+        p = _attribute_phrase(rng, scene, t)
+        subject = f"the {p}" if p is not None else f"one of the {rng.choice(('shapes', 'objects'))}"
+        return f"{subject} {rng.choice(NEUTRAL_PREDICATES)}"
+    raise ValueError(f"unknown label {label!r}")
+
+
+POS = {**{w: "DT" for w in ("a", "an", "the")}, **{w: "JJ" for w in (*COLOURS, "small", "little", "tiny", "big",
+                                                                     "large", "other", "left", "right", "heavy",
+                                                                     "top", "bottom", "upper", "lower", "dark",
+                                                                     "gray")},
+       **{w: "NN" for w in (*SHAPES, "object", "shape", "thing", "background", "image", "picture", "drawing",
+                            "wood", "paper", "metal", "child", "cardboard")},
+       **{w: "IN" for w in ("of", "on", "above", "over", "below", "under", "beneath", "with", "by", "including",
+                            "at", "to", "out")},
+       "there": "EX", "is": "VBZ", "are": "VBP", "was": "VBD", "made": "VBN", "drawn": "VBN", "cut": "VBN",
+       "moving": "VBG", "spinning": "VBG", "about": "IN", "fall": "VB", "and": "CC", "no": "DT"}
+
+
+def _tag(word: str) -> str:
+    if word in POS:
+        return POS[word]
+    if word in NUMBER_WORDS:
+        return "CD"
+    if word.endswith("s") and word[:-1] in POS and POS[word[:-1]] == "NN" or word.endswith("es"):
+        return "NNS"
+    return "NN"
+
+
+def parses(text: str) -> tuple[str, str]:
+    """(binary parse, parse) in SNLI's bracket notation, from a right-branching binarisation and a flat sentence
+    node with Penn Treebank tags over the closed synthetic vocabulary (not a linguistic parse)."""
+    words = tokenize(text)
+    binary = words[-1]
+    for w in reversed(words[:-1]):
+        binary = f"( {w} {binary} )"
+    flat = " ".join(f"({_tag(w)} {w})" for w in words)
+    return binary, f"(ROOT (S {flat}))"

@@ -3,7 +3,8 @@
 Reads the `train` split of each --shards folder (its sizes.json and tars) and writes one JSON file (the `tokenizers`
 library's format): a byte-level BPE of data.tokenizer.vocab_size tokens on top of the special tokens
 <pad>=0 <bos>=1 <eos>=2 <unk>=3 <blank>=4 (the CTC blank) and the location tokens <bin_0>..<bin_{B-1}>
-(B = data.tokenizer.num_bins). `Tokenizer.from_gpt2(vocab.json, merges.txt, num_bins)` loads OFA's GPT-2 BPE instead.
+(B = data.tokenizer.num_bins). With --gpt2 VOCAB_JSON MERGES_TXT it converts OFA's GPT-2 BPE instead
+(`Tokenizer.from_gpt2`): its ids shifted after the special and location tokens, no training.
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ class Tokenizer:
     """Text <-> ids with the special ids of docs/design.md, plus location tokens for boxes."""
 
     def __init__(self, tok, source: str = "tokenizer"):
-        from tokenizers import Tokenizer as _HFTokenizer  # noqa: F401  (type only)
-
         self._tok = tok
         for i, name in enumerate(SPECIALS):
             if tok.token_to_id(name) != i:
@@ -193,6 +192,8 @@ class Tokenizer:
 # ------------------------------------------------------------------------------------------------------ command
 def training_texts(shard_dirs: Iterable[Path], split: str = "train") -> Iterator[str]:
     """The prompts and targets of the split's samples (grounding targets are location tokens: left out)."""
+    from tqdm import tqdm
+
     from narvl.data.loader import iter_samples
     from narvl.data.shard import read_sizes
 
@@ -200,7 +201,9 @@ def training_texts(shard_dirs: Iterable[Path], split: str = "train") -> Iterator
         sizes = read_sizes(shard_dir)
         if split not in sizes:
             raise NarvlError(f"{Path(shard_dir) / 'sizes.json'}: no '{split}' split (has {', '.join(sizes)})")
-        for sample in iter_samples([Path(shard_dir) / s for s in sizes[split]["shards"]]):
+        samples = iter_samples([Path(shard_dir) / s for s in sizes[split]["shards"]])
+        for sample in tqdm(samples, total=sizes[split]["samples"], desc=f"text of {shard_dir}", unit="sample",
+                           mininterval=1.0):
             meta = sample["meta"]
             yield meta["prompt"]
             if meta["task"] != "grounding":
@@ -209,7 +212,9 @@ def training_texts(shard_dirs: Iterable[Path], split: str = "train") -> Iterator
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", required=True, type=Path, help="params/data.yaml")
-    parser.add_argument("--shards", required=True, nargs="+", type=Path, help="shard folders (their train split)")
+    parser.add_argument("--shards", nargs="+", type=Path, help="shard folders (their train split) to train on")
+    parser.add_argument("--gpt2", nargs=2, type=Path, metavar=("VOCAB_JSON", "MERGES_TXT"),
+                        help="instead of training: OFA's GPT-2 BPE files (data.tokenizer.num_bins still applies)")
     parser.add_argument("--out", required=True, type=Path, help="tokenizer JSON, e.g. data/shards/tokenizer.json")
 
 
@@ -217,7 +222,12 @@ def main(args: argparse.Namespace) -> int:
     from narvl import params as params_mod
 
     p = params_mod.load(args.params, "data").tokenizer
-    tok = Tokenizer.train(training_texts(args.shards), p.vocab_size, p.num_bins, p.lowercase)
+    if (args.shards is None) == (args.gpt2 is None):
+        raise NarvlError("give either --shards (train a BPE) or --gpt2 VOCAB_JSON MERGES_TXT (use OFA's), not both")
+    if args.gpt2 is not None:
+        tok = Tokenizer.from_gpt2(args.gpt2[0], args.gpt2[1], p.num_bins)
+    else:
+        tok = Tokenizer.train(training_texts(args.shards), p.vocab_size, p.num_bins, p.lowercase)
     tok.save(args.out)
     print(f"{args.out}: vocabulary of {tok.vocab_size} ids ({len(SPECIALS)} special, {tok.num_bins} location)")
     return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,45 +63,54 @@ def _logadd(a: float, b: float) -> float:
     return m + math.log1p(math.exp(-abs(a - b)))
 
 
-def _beam_one(lp: Tensor, blank: int, beam_size: int) -> list[tuple[list[int], float]]:
+def _beam_one(lp: np.ndarray, top: np.ndarray, blank: int, beam_size: int) -> list[tuple[list[int], float]]:
     """Prefix beam search over lp (T, V) float64 log-probs. Each prefix keeps log P(prefix, last frame blank) and
-    log P(prefix, last frame non-blank); after every frame the beam_size prefixes of largest total survive."""
-    t_len, v = lp.shape
+    log P(prefix, last frame non-blank); after every frame the beam_size prefixes of largest total survive.
+
+    top (T, C) holds each frame's C = 2 * beam_size + 2 most probable symbols: a prefix's best beam_size fresh
+    extensions lie among them (at most 2 + beam_size - 1 symbols per prefix are the blank, its last symbol or lead
+    to a prefix already in the beam), so the search is the same as over the whole vocabulary.
+    """
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # prefix -> (p_blank, p_nonblank)
-    for t in range(t_len):
-        frame = lp[t]  # (V,)
-        frame_list = frame.tolist()
+    for t in range(lp.shape[0]):
+        frame, cols = lp[t], top[t]  # (V,), (C,)
+        col_of = {int(c): i for i, c in enumerate(cols)}
         prefixes = list(beams)
-        pb = torch.tensor([beams[p][0] for p in prefixes], dtype=torch.float64)  # (K,)
-        pnb = torch.tensor([beams[p][1] for p in prefixes], dtype=torch.float64)
-        total = torch.logaddexp(pb, pnb)  # (K,)
-        # extensions p + c for every prefix p and symbol c != blank: (K, V)
-        ext = total[:, None] + frame[None, :]
+        pb = np.array([beams[p][0] for p in prefixes])  # (K,)
+        pnb = np.array([beams[p][1] for p in prefixes])
+        total = np.logaddexp(pb, pnb)  # (K,)
+
+        def extend(j: int, c: int) -> float:  # log P of prefixes[j] + (c,) ending at this frame
+            p = prefixes[j]
+            # repeating the last symbol only extends a path that ended in a blank
+            return float((pb[j] if p and p[-1] == c else total[j]) + frame[c])
+
+        # fresh extensions over the candidate symbols: (K, C)
+        ext = total[:, None] + frame[cols][None, :]
         for j, p in enumerate(prefixes):
-            if p:  # repeating the last symbol only extends after a blank
-                ext[j, p[-1]] = pb[j] + frame_list[p[-1]]
-        ext[:, blank] = -math.inf
-        # staying: blank after anything, or the last symbol repeated (merged)
+            if p and p[-1] in col_of:
+                ext[j, col_of[p[-1]]] = extend(j, p[-1])
+        if blank in col_of:
+            ext[:, col_of[blank]] = -math.inf
+        # staying: a blank after anything, or the last symbol repeated (merged)
         new: dict[tuple[int, ...], list[float]] = {}
         for j, p in enumerate(prefixes):
-            stay_nb = pnb[j].item() + frame_list[p[-1]] if p else -math.inf
-            new[p] = [total[j].item() + frame_list[blank], stay_nb]
-        # an extension that equals a surviving prefix adds to it instead of competing
+            new[p] = [float(total[j] + frame[blank]), float(pnb[j] + frame[p[-1]]) if p else -math.inf]
+        # an extension that equals a prefix already in the beam adds to it instead of competing
         index = {p: j for j, p in enumerate(prefixes)}
         for q in prefixes:
             if q and q[:-1] in index:
                 j = index[q[:-1]]
-                new[q][1] = _logadd(new[q][1], ext[j, q[-1]].item())
-                ext[j, q[-1]] = -math.inf
-        # candidates: the stayed prefixes and the best fresh extensions
-        flat = ext.view(-1)
-        k = min(beam_size, flat.numel())
-        top_val, top_idx = flat.topk(k)
-        for val, idx in zip(top_val.tolist(), top_idx.tolist()):
+                new[q][1] = _logadd(new[q][1], extend(j, q[-1]))
+                if q[-1] in col_of:
+                    ext[j, col_of[q[-1]]] = -math.inf
+        flat = ext.ravel()
+        for idx in np.argsort(-flat, kind="stable")[:beam_size]:
+            val = float(flat[idx])
             if val == -math.inf:
                 break
-            j, c = divmod(idx, v)
-            new[prefixes[j] + (c,)] = [-math.inf, val]
+            j, i = divmod(int(idx), len(cols))
+            new[prefixes[j] + (int(cols[i]),)] = [-math.inf, val]
         ranked = sorted(new.items(), key=lambda kv: _logadd(*kv[1]), reverse=True)[:beam_size]
         beams = {p: (s[0], s[1]) for p, s in ranked}
     ranked = sorted(((list(p), _logadd(*s)) for p, s in beams.items()), key=lambda x: x[1], reverse=True)
@@ -116,7 +126,9 @@ def beam_search(log_probs: Tensor, blank: int, beam_size: int, lengths=None):
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     log_probs, lens, single = _batched(log_probs, lengths)
     lp = log_probs.detach().to("cpu", torch.float64)
-    out = [_beam_one(lp[i, :n], blank, beam_size) for i, n in enumerate(lens)]
+    top = lp.topk(min(2 * beam_size + 2, lp.size(-1)), dim=-1).indices.numpy()  # (B, T, C)
+    lp = lp.numpy()
+    out = [_beam_one(lp[i, :n], top[i, :n], blank, beam_size) for i, n in enumerate(lens)]
     return out[0] if single else out
 
 

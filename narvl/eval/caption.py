@@ -7,7 +7,8 @@ be reported as unavailable (with the reason) instead of stopping every other met
 1. references: COCO caption annotations (`annotations[].image_id/caption`); predictions: `[{"image_id", "caption"}]`.
 2. Both go through the Stanford PTB tokenizer (the jar inside pycocoevalcap, same command and same punctuation
    removal as `PTBTokenizer.tokenize`; only the temporary file lives in the system temp folder instead of
-   site-packages, which may be read-only).
+   site-packages, which may be read-only, and line separators other than "\n" (\r, \u2028, ...) become spaces too,
+   so that one caption is always one line: pycocoevalcap would misalign the captions of such input).
 3. `Bleu(4)`, `Meteor()`, `Rouge()`, `Cider()`, `Spice()` `.compute_score(gts, res)` on all reference images.
 
 Scores are in [0, 1] as pycocoevalcap returns them (the paper's tables show x100).
@@ -56,11 +57,21 @@ def require_java() -> str:
     return java
 
 
+# Python's line boundaries (str.splitlines) other than "\n": Java's tokenizer may break lines at some of them, which
+# would shift every following caption onto the wrong image; pycocoevalcap only replaces "\n".
+_LINE_BREAKS = {ord(c): " " for c in "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(caption: str) -> str:
+    """The caption on one line: "\n" becomes a space as in pycocoevalcap, and so do the other line separators."""
+    return caption.replace("\n", " ").translate(_LINE_BREAKS)
+
+
 def ptb_tokenize(captions: dict[Any, list[str]]) -> dict[Any, list[str]]:
     """`PTBTokenizer().tokenize` on `{id: [caption, ...]}` (plain strings instead of {"caption": ...} dicts)."""
     jar = _package_dir("tokenizer") / "stanford-corenlp-3.4.1.jar"
     keys = [k for k, caps in captions.items() for _ in caps]
-    sentences = "\n".join(c.replace("\n", " ") for caps in captions.values() for c in caps)
+    sentences = "\n".join(one_line(c) for caps in captions.values() for c in caps)
     with tempfile.TemporaryDirectory(prefix="narvl-ptb-") as tmp:
         text_file = Path(tmp) / "captions.txt"
         text_file.write_bytes(sentences.encode())
@@ -70,7 +81,9 @@ def ptb_tokenize(captions: dict[Any, list[str]]) -> dict[Any, list[str]]:
     if proc.returncode != 0:
         raise NarvlError(f"PTB tokenizer failed ({' '.join(cmd)}): {proc.stderr.decode(errors='replace')[-500:]}")
     lines = proc.stdout.decode().split("\n")
-    if len(lines) < len(keys):
+    if lines and lines[-1] == "" and len(lines) == len(keys) + 1:
+        lines.pop()  # the final newline
+    if len(lines) != len(keys):  # a misaligned zip would score captions against the wrong images
         raise NarvlError(f"PTB tokenizer returned {len(lines)} lines for {len(keys)} captions")
     out: dict[Any, list[str]] = {}
     for k, line in zip(keys, lines):
@@ -87,7 +100,8 @@ def load_references(path: str | Path) -> dict[int, list[str]]:
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not common.is_int(ann.get("image_id")) or not isinstance(
                 ann.get("caption"), str):
-            raise NarvlError(f"{path}: annotations[{i}]: expected {{'image_id': int, 'caption': str}}, got {ann!r:.120}")
+            raise NarvlError(f"{path}: annotations[{i}]: expected {{'image_id': int, 'caption': str}}, "
+                             f"got {ann!r:.120}")
         refs.setdefault(ann["image_id"], []).append(ann["caption"])
     if not refs:
         raise NarvlError(f"{path}: no caption annotations")

@@ -1,9 +1,12 @@
-"""Score a predictions file with the official metrics and write one metrics JSON per (task, split, model, decoder).
+r"""Score a predictions file with the official metrics and write one metrics JSON per (task, split, model, decoder).
 
     narvl score caption   --params params/score.yaml --references REFS.json --predictions P.json --out M.json
-    narvl score vqa       --params params/score.yaml --questions Q.json --annotations A.json --predictions P.json --out M.json
-    narvl score grounding --params params/score.yaml --refs "refs(unc).p" --instances instances.json --split S --predictions P.json --out M.json
-    narvl score grounding --params params/score.yaml --references data/shards/grounding --split S --predictions P.json --out M.json
+    narvl score vqa       --params params/score.yaml --questions Q.json --annotations A.json \
+                          --predictions P.json --out M.json
+    narvl score grounding --params params/score.yaml --refs "refs(unc).p" --instances instances.json --split S \
+                          --predictions P.json --out M.json
+    narvl score grounding --params params/score.yaml --references data/shards/grounding --split S \
+                          --predictions P.json --out M.json
 
 Reads: COCO caption annotations + results `[{"image_id", "caption"}]` (pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L,
 CIDEr, SPICE when Stanford CoreNLP is installed, else listed as unavailable with the reason); VQA v2 questions +

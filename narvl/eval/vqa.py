@@ -17,6 +17,7 @@ A question without a prediction (allowed by `score.missing_predictions: wrong`) 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from decimal import ROUND_HALF_UP, Decimal
@@ -81,7 +82,9 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def normalize(answer: str) -> str:
+    """processPunctuation then processDigitArticle (pure, so cached: human answers repeat a lot)."""
     return process_digit_article(process_punctuation(answer))
 
 
@@ -96,9 +99,10 @@ def question_accuracy(prediction: str, human_answers: list[str]) -> float:
     if len(set(gts)) > 1:
         gts = [normalize(a) for a in gts]
         pred = normalize(pred)
+    total = sum(1 for a in gts if a == pred)
     accs = []
-    for i in range(len(gts)):
-        matches = sum(1 for j, a in enumerate(gts) if j != i and a == pred)
+    for a in gts:  # leave human i out: the matches among the other answers
+        matches = total - (a == pred)
         accs.append(min(1, float(matches) / 3))
     return float(sum(accs)) / len(accs)
 

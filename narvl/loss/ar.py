@@ -43,7 +43,7 @@ def ar_loss(logits: Tensor, gold: Tensor, gold_lengths: Tensor, label_smoothing:
     tokens = mask.sum().clamp_min(1.0)
     loss = (per_token * mask * w[:, None]).sum() / tokens
     with torch.no_grad():
-        stats = {"loss": float(loss), "nll": float((nll * mask).sum() / tokens),
+        stats = {"loss": float(loss.detach()), "nll": float((nll * mask).sum() / tokens),
                  "smooth": float((smooth * mask).sum() / tokens), "tokens": int(mask.sum()), "samples": b,
                  "weight": float(w.sum())}
     return loss, stats

@@ -68,7 +68,7 @@ def qctc_loss(log_probs: Tensor, targets: Tensor, target_lengths: Tensor, blank:
     with torch.no_grad():
         denom = max(count, 1)
         stats = {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "ctc": float((ctc * keep).sum() / denom),
             "smooth": float((smooth * keep).sum() / denom),
             "samples": b,

@@ -35,7 +35,7 @@ class ARModel(nn.Module):
     def decode(self, prev_tokens: Tensor, memory: Tensor, memory_padding: Tensor, offset: int = 0,
                caches: list[dict[str, Tensor]] | None = None) -> Tensor:  # (B, L) -> logits (B, L, V)
         emb = self.encoder.embed_tokens
-        return self.decoder(emb(prev_tokens), memory, memory_padding, emb.weight, causal=True, offset=offset,
+        return self.decoder(emb(prev_tokens), memory, memory_padding, emb, causal=True, offset=offset,
                             caches=caches)
 
     def forward(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor, prev_tokens: Tensor) -> Tensor:
@@ -118,9 +118,10 @@ class ARModel(nn.Module):
             cand = (scores[:, :, None] + logp.view(b, k, v)).view(b, k * v)  # (B, K*V)
             top_val, top_idx = cand.topk(min(2 * k, k * v), dim=-1)  # (B, 2K)
             top_val, top_idx = top_val.tolist(), top_idx.tolist()
-            origin = torch.arange(b * k, device=device).view(b, k).clone()  # rows to continue from
-            next_tok = torch.full((b, k), eos, dtype=torch.long, device=device)
-            next_scores = torch.full((b, k), -torch.inf, device=device)
+            # next beams, built as Python lists (one transfer per step rather than per element)
+            origin = list(range(b * k))  # rows to continue from
+            next_tok, next_scores = [eos] * (b * k), [-torch.inf] * (b * k)
+            rows = None  # the token history on the CPU, fetched when a hypothesis ends
             for i in range(b):
                 if done[i]:
                     continue
@@ -131,22 +132,22 @@ class ARModel(nn.Module):
                     beam, tok = divmod(idx, v)
                     if tok == eos:
                         if rank < k:  # an EOS among the K best candidates ends a hypothesis
-                            hyp = tokens[i * k + beam, 1:].tolist()
-                            finalized[i].append((val / (step + 1) ** length_penalty, hyp))
+                            rows = tokens[:, 1:].tolist() if rows is None else rows
+                            finalized[i].append((val / (step + 1) ** length_penalty, rows[i * k + beam]))
                         continue
                     if kept < k:
-                        origin[i, kept], next_tok[i, kept], next_scores[i, kept] = i * k + beam, tok, val
+                        row = i * k + kept
+                        origin[row], next_tok[row], next_scores[row] = i * k + beam, tok, val
                         kept += 1
                 if len(finalized[i]) >= k or kept == 0:
                     done[i] = True
+                    for row in range(i * k, i * k + k):
+                        next_scores[row] = -torch.inf
             if all(done):
                 break
-            origin = origin.view(-1)
-            tokens = torch.cat([tokens[origin], next_tok.view(-1, 1)], dim=1)
-            scores = next_scores
-            for i in range(b):
-                if done[i]:
-                    scores[i] = -torch.inf
+            origin = torch.tensor(origin, device=device)
+            tokens = torch.cat([tokens[origin], torch.tensor(next_tok, device=device)[:, None]], dim=1)
+            scores = torch.tensor(next_scores, device=device).view(b, k)
             if caches is not None:
                 for cache in caches:
                     cache["k"], cache["v"] = cache["k"][origin], cache["v"][origin]

@@ -8,10 +8,9 @@ tokens with a causal mask and, when generating, a per-layer key/value cache.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from narvl.model.layers import DecoderLayer, padding_to_allowed
+from narvl.model.layers import DecoderLayer, TokenEmbedding, padding_to_allowed
 from narvl.params import ArchParams
 
 
@@ -28,11 +27,11 @@ class Decoder(nn.Module):
         self.ln_out = nn.LayerNorm(d)
         nn.init.normal_(self.pos.weight, std=0.02)
 
-    def forward(self, x: Tensor, memory: Tensor, memory_padding: Tensor, embed_weight: Tensor, causal: bool,
+    def forward(self, x: Tensor, memory: Tensor, memory_padding: Tensor, embed: TokenEmbedding, causal: bool,
                 offset: int = 0, caches: list[dict[str, Tensor]] | None = None) -> Tensor:
         """x (B, L, d) inputs of positions offset..offset+L-1 -> logits (B, L, V).
 
-        memory (B, S, d), memory_padding (B, S) True at padding; embed_weight (V, d) the tied projection.
+        memory (B, S, d), memory_padding (B, S) True at padding; embed: the token embedding (tied projection).
         With `caches` (one dict per layer) earlier positions come from the cache (AR generation).
         """
         b, n, _ = x.shape
@@ -48,4 +47,4 @@ class Decoder(nn.Module):
         memory_allowed = padding_to_allowed(memory_padding)  # (B, 1, 1, S)
         for i, layer in enumerate(self.layers):
             x = layer(x, memory, memory_allowed, self_allowed, None if caches is None else caches[i])
-        return F.linear(self.ln_out(x), embed_weight)  # (B, L, V)
+        return embed(self.ln_out(x), project=True)  # (B, L, V)

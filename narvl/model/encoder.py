@@ -5,7 +5,9 @@
     src_tokens (B, S) --token embedding--> (B, S, d) + 1-D position embeddings
     [patches ; text] + type embedding (0 image, 1 text) --LayerNorm, dropout, pre-LN layers, LayerNorm--> (B, P+S, d)
 
-The token embedding lives here and is shared with the decoders (their output projection is tied to it).
+The token embedding lives here and is shared with the decoders (their output projection is tied to it). Every
+parameter is used through a module call (no `.weight` read from outside its module), so DeepSpeed ZeRO-3's
+per-module gathering works.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from narvl.model.layers import EncoderLayer, padding_to_allowed
+from narvl.model.layers import EncoderLayer, TokenEmbedding, padding_to_allowed
 from narvl.params import ArchParams
 
 IMAGE_TYPE, TEXT_TYPE = 0, 1
@@ -59,7 +61,7 @@ class Encoder(nn.Module):
         self.arch = arch
         self.trunk = ResNetTrunk(arch.resnet_block, arch.resnet_layers, arch.resnet_width)
         self.patch_proj = nn.Linear(self.trunk.out_channels, d)
-        self.embed_tokens = nn.Embedding(vocab_size, d)
+        self.embed_tokens = TokenEmbedding(vocab_size, d)
         self.text_pos = nn.Embedding(arch.max_source_len, d)
         self.row_pos = nn.Embedding(arch.image_grid, d)
         self.col_pos = nn.Embedding(arch.image_grid, d)
@@ -82,14 +84,16 @@ class Encoder(nn.Module):
         patches = self.patch_proj(feats.flatten(2).transpose(1, 2))  # (B, h*w, d), row-major
         rows = torch.arange(h, device=images.device).repeat_interleave(w)  # (h*w,)
         cols = torch.arange(w, device=images.device).repeat(h)  # (h*w,)
-        return patches + self.row_pos(rows) + self.col_pos(cols) + self.type_embed.weight[IMAGE_TYPE]
+        kind = torch.full((1,), IMAGE_TYPE, device=images.device)
+        return patches + self.row_pos(rows) + self.col_pos(cols) + self.type_embed(kind)
 
     def embed_text(self, src_tokens: Tensor) -> Tensor:  # (B, S) -> (B, S, d)
         s = src_tokens.size(1)
         if s > self.arch.max_source_len:
             raise ValueError(f"source of {s} tokens is longer than max_source_len {self.arch.max_source_len}")
         pos = torch.arange(s, device=src_tokens.device)
-        return self.embed_tokens(src_tokens) + self.text_pos(pos) + self.type_embed.weight[TEXT_TYPE]
+        kind = torch.full((1,), TEXT_TYPE, device=src_tokens.device)
+        return self.embed_tokens(src_tokens) + self.text_pos(pos) + self.type_embed(kind)
 
     def forward(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
         """-> memory (B, P+S, d) and its padding mask (B, P+S), True at padding (text padding only)."""

@@ -102,6 +102,15 @@ class DecoderLayer(nn.Module):
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
+class TokenEmbedding(nn.Embedding):
+    """The token embedding, whose weight is also the decoders' output projection (tied): `embed(ids)` embeds,
+    `embed(x, project=True)` gives logits x @ E^T. Both uses go through the module call, so module hooks (DeepSpeed
+    ZeRO-3 gathering a partitioned weight) see them."""
+
+    def forward(self, x: Tensor, project: bool = False) -> Tensor:
+        return F.linear(x, self.weight) if project else super().forward(x)
+
+
 def padding_to_allowed(padding: Tensor) -> Tensor:
     """(B, S) bool True at padding -> (B, 1, 1, S) bool True where attention is allowed."""
     return (~padding)[:, None, None, :]

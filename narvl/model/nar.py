@@ -36,7 +36,7 @@ class NARModel(nn.Module):
 
     def decode(self, memory: Tensor, memory_padding: Tensor) -> Tensor:  # -> logits (B, N, V)
         x = self.queries.unsqueeze(0).expand(memory.size(0), -1, -1)  # (B, N, d)
-        return self.decoder(x, memory, memory_padding, self.encoder.embed_tokens.weight, causal=False)
+        return self.decoder(x, memory, memory_padding, self.encoder.embed_tokens, causal=False)
 
     def forward(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor) -> Tensor:
         """images (B, 3, H, W), src_tokens (B, S), src_mask (B, S) True at padding -> logits (B, N, V)."""

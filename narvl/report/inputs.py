@@ -1,11 +1,13 @@
 """Reading the report's inputs: metrics cells, the decoding benchmark, training logs, predictions, shard samples.
 
-The decoding benchmark (`results/bench/decode.json`, written by `narvl bench decode`) is read as
+The decoding benchmark (`results/bench/decode.json`, written by `narvl bench decode`, narvl/decode/bench.py) holds
 
-    {"results": [{"task": str, "model": "ar" | "nar" | "nar-kd", "decoder": "greedy" | "beam",
-                  "batch_size": int, "ms_per_sample": float, ...}, ...], ...}
+    {"mode": "models" | "preset", "results": [{"device": "cpu" | "cuda", "task": str, "batch": int,
+                 "ms": {"encoder", "nar_greedy", "nar_beam", "ar_greedy", "ar_beam": milliseconds per batch}, ...}]}
 
-(`kind` is accepted for `model`; records with other decoders, e.g. the encoder alone, are kept for the plots only).
+and is read into flat records {device, task, model, decoder, batch_size, ms_per_sample} (ms / batch). The benchmark
+times one NAR model per task; a NAR + KD student has the same architecture and decoder, so its row reuses the NAR
+timing (`nar-kd` records are derived, marked `"derived_from": "nar"`).
 """
 
 from __future__ import annotations
@@ -64,23 +66,31 @@ def load_metrics(folder: str | Path) -> list[Cell]:
     return cells
 
 
-def load_bench(path: str | Path) -> list[dict[str, Any]]:
+def load_bench(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(flat latency records, {"mode", "device"}) from `narvl bench decode`'s JSON."""
     path = Path(path)
     data = read_json(path)
-    records = data.get("results") if isinstance(data, dict) else None
-    if not isinstance(records, list):
+    rows = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
         raise NarvlError(f"{path}: expected an object with a 'results' list (narvl bench decode output)")
     out = []
-    for i, r in enumerate(records):
+    for i, row in enumerate(rows):
         try:
-            rec = {"task": r["task"], "model": r.get("model", r.get("kind")), "decoder": r["decoder"],
-                   "batch_size": int(r["batch_size"]), "ms_per_sample": float(r["ms_per_sample"])}
+            device, task, batch, ms = row["device"], row["task"], int(row["batch"]), dict(row["ms"])
         except (KeyError, TypeError, ValueError) as e:
-            raise NarvlError(f"{path}: results[{i}]: needs task, model, decoder, batch_size, ms_per_sample ({e})")
-        if rec["model"] is None:
-            raise NarvlError(f"{path}: results[{i}]: needs 'model' (ar, nar, nar-kd)")
-        out.append(rec)
-    return out
+            raise NarvlError(f"{path}: results[{i}]: needs device, task, batch and ms ({e})") from e
+        for method, value in ms.items():
+            model, _, decoder = method.partition("_")
+            if not decoder:
+                model, decoder = method, method  # the encoder alone
+            rec = {"device": device, "task": task, "model": model, "decoder": decoder, "batch_size": batch,
+                   "ms_per_sample": float(value) / batch}
+            out.append(rec)
+            if model == "nar":
+                out.append({**rec, "model": "nar-kd", "derived_from": "nar"})
+    devices = sorted({r["device"] for r in out})
+    info = {"mode": data.get("mode"), "devices": devices}
+    return out, info
 
 
 def load_curves(runs: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -99,6 +109,20 @@ def load_curves(runs: str | Path) -> dict[str, dict[str, list[tuple[int, float]]
         if tags:
             curves[tb.parent.name] = {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in tags}
     return curves
+
+
+def load_summaries(runs: str | Path) -> dict[str, dict[str, Any]]:
+    """{run name: summary.json} of every finished run (`narvl train` writes it at the end)."""
+    runs = Path(runs)
+    if not runs.is_dir():
+        return {}
+    out = {}
+    for path in sorted(runs.glob("*/summary.json")):
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise NarvlError(f"{path}: expected a JSON object")
+        out[path.parent.name] = data
+    return out
 
 
 def find_predictions(folder: str | Path | None) -> dict[tuple[str, str, str, str], Path]:

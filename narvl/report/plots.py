@@ -46,21 +46,30 @@ def training_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path:
         log.warning("no tensorboard scalars under the runs folder: %s not written", path)
         return None
     n = len(curves)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False, layout="constrained")
-    for ax, (run, tags) in zip(axes[0], sorted(curves.items())):
+    ncols = min(3, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.2 * nrows), squeeze=False, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (run, tags) in zip(axes.flat, sorted(curves.items())):
         shown = [t for t in sorted(tags) if "loss" in t.lower()] or sorted(tags)[:4]
         for tag in shown:
             steps, values = zip(*tags[tag])
-            ax.plot(steps, values, label=tag, lw=1.2)
+            ax.plot(steps, values, "--" if tag.startswith("val") else "-", marker="." if len(steps) < 20 else None,
+                    label=tag, lw=1.2)
         ax.set_title(run)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.suptitle("Training curves (tensorboard scalars)")
+    fig.suptitle("Training curves (tensorboard scalars of runs/*/tb)")
     return _save(fig, path)
 
 
 def latency_vs_batch(bench: list[dict], path: Path) -> Path | None:
+    from narvl.report.tables import bench_device
+
+    device = bench_device(bench)
+    bench = [r for r in bench if r["device"] == device and "derived_from" not in r]  # NAR + KD = NAR timing
     tasks = [t for t in ("caption", "vqa", "grounding") if any(r["task"] == t for r in bench)]
     if not tasks:
         log.warning("the decoding benchmark has no records: %s not written", path)
@@ -75,6 +84,11 @@ def latency_vs_batch(bench: list[dict], path: Path) -> Path | None:
                     xs, ys = zip(*pts)
                     ax.plot(xs, ys, STYLES[decoder], marker=MARKERS[decoder], color=COLORS[model],
                             label=f"{MODEL_LABEL[model]} {decoder}")
+        enc = sorted((r["batch_size"], r["ms_per_sample"]) for r in bench
+                     if r["task"] == task and r["model"] == "encoder")
+        if enc:
+            xs, ys = zip(*enc)
+            ax.plot(xs, ys, ":", color="gray", label="encoder alone")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         _plain_log_axis(ax.xaxis, [r["batch_size"] for r in bench if r["task"] == task])
@@ -83,14 +97,16 @@ def latency_vs_batch(bench: list[dict], path: Path) -> Path | None:
         ax.set_ylabel("ms per sample")
         ax.set_title(task)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle("Decoding latency against batch size")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=5, fontsize=8)
+    fig.suptitle(f"Decoding latency against batch size ({device}; NAR + KD has the NAR timing)")
     return _save(fig, path)
 
 
 def quality_vs_speed(cells: list[Cell], bench: list[dict], path: Path) -> Path | None:
-    from narvl.report.tables import latency
+    from narvl.report.tables import bench_device, latency
 
+    tables_device = bench_device(bench)
     panels = []
     for task in ("caption", "vqa", "grounding"):
         b, lat = latency(bench, task)
@@ -114,13 +130,18 @@ def quality_vs_speed(cells: list[Cell], bench: list[dict], path: Path) -> Path |
                        label=f"{MODEL_LABEL[model]} {decoder}")
         ax.set_xscale("log")
         _plain_log_axis(ax.xaxis)
-        ax.set_xlabel(f"samples/s (batch {b})")
+        ax.set_xlabel(f"samples/s (batch {b}, {tables_device})")
         ax.set_ylabel(f"{HEADLINE[task]}{' x100' if task == 'caption' else ' (%)'} ({split})")
         ax.set_title(task)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Quality against decoding speed")
     return _save(fig, path)
+
+
+def _printable(text: str) -> str:
+    """Control characters (undecodable byte tokens of an untrained model) shown as U+FFFD instead of missing glyphs."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
 def _pick(preds: dict, task: str, split: str, model: str) -> Path | None:
@@ -170,7 +191,8 @@ def gallery(preds: dict, shards: Path | None, path: Path, per_task: int) -> Path
         log.warning("no predictions with matching shards: %s not written", path)
         return None
     ncols = max(len(s) for _, _, s, _ in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.6 * ncols, 3.9 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.6 * ncols, 4.3 * len(rows)), squeeze=False,
+                             layout="constrained")
     for r, (task, split, samples, indexes) in enumerate(rows):
         for c in range(ncols):
             ax = axes[r][c]
@@ -207,14 +229,14 @@ def gallery(preds: dict, shards: Path | None, path: Path, per_task: int) -> Path
             else:
                 for m, index in indexes.items():
                     pred = _lookup(task, index, meta)
-                    lines.append(f"{MODEL_LABEL[m]}: {pred if pred is not None else '(no prediction)'}")
-            text = "\n".join(textwrap.fill(line, 38) for line in lines)
+                    shown = "(no prediction)" if pred is None else (pred if pred.strip() else "(empty)")
+                    lines.append(f"{MODEL_LABEL[m]}: {shown}")
+            text = "\n".join(textwrap.fill(_printable(line), 38) for line in lines)
             ax.set_title(text, fontsize=7, loc="left")
         axes[r][0].text(-0.08, 0.5, f"{task} ({split})", transform=axes[r][0].transAxes, rotation=90,
                         va="center", ha="right", fontsize=10)
     fig.suptitle("Test predictions: reference vs AR vs NAR" + (" (boxes: ref green, AR blue, NAR red, KD orange)"
                                                                if any(t == "grounding" for t, *_ in rows) else ""))
-    fig.tight_layout()
     return _save(fig, path)
 
 

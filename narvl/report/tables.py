@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -58,9 +59,16 @@ def _split_order(task: str, splits: set[str]) -> list[str]:
     return [s for s in preferred if s in splits] + sorted(splits - set(preferred))
 
 
+def bench_device(bench: list[dict]) -> str | None:
+    """The device the tables use: the GPU when the benchmark has one (the paper's setting), else the CPU."""
+    devices = {r["device"] for r in bench}
+    return "cuda" if "cuda" in devices else ("cpu" if "cpu" in devices else next(iter(sorted(devices)), None))
+
+
 def latency(bench: list[dict], task: str) -> tuple[int | None, dict[tuple[str, str], float]]:
     """(batch size shown, {(model, decoder): ms per sample}) at the task's smallest benchmarked batch size."""
-    recs = [r for r in bench if r["task"] == task and r["decoder"] in DECODERS]
+    device = bench_device(bench)
+    recs = [r for r in bench if r["task"] == task and r["decoder"] in DECODERS and r["device"] == device]
     if not recs:
         return None, {}
     b = min(r["batch_size"] for r in recs)
@@ -76,8 +84,9 @@ class Table:
     values: list[dict[str, Any]]  # tidy exact values for the CSV
 
 
-def build(cells: list[Cell], bench: list[dict]) -> list[Table]:
+def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models") -> list[Table]:
     tables = []
+    device = bench_device(bench)
     for task in ("caption", "vqa", "grounding"):
         task_cells = {(c.split, c.model, c.decoder): c for c in cells if c.task == task}
         b, lat = latency(bench, task)
@@ -87,13 +96,15 @@ def build(cells: list[Cell], bench: list[dict]) -> list[Table]:
         cols = task_columns(task, splits)
         header = ["model", "decoder"] + [c.label for c in cols]
         if b is not None:
-            header += [f"ms/sample (batch {b})", "speed-up"]
+            header += [f"ms/sample ({device}, batch {b})", "speed-up"]
         rows, notes, values = [], [], []
         for model in MODELS:
             for decoder in DECODERS:
                 present = [task_cells.get((c.split, model, decoder)) for c in cols]
                 if not any(present) and (model, decoder) not in lat:
                     continue
+                if model == "nar-kd" and not any(m == "nar-kd" for _, m, _ in task_cells):
+                    continue  # no KD student scored for this task: its timing alone would repeat the NAR row
                 row = [MODEL_LABEL[model], decoder]
                 for col, cell in zip(cols, present):
                     if cell is None:
@@ -110,7 +121,9 @@ def build(cells: list[Cell], bench: list[dict]) -> list[Table]:
                     if value is None:
                         row.append("n/a")
                         reason = cell.unavailable.get(col.metric, "not computed")
-                        note = f"n/a {col.metric}: {reason}"
+                        # first clause, without machine-specific parentheses (paths); the metrics file has it all
+                        reason = re.sub(r"\s*\([^)]*\)", "", reason.split(";")[0]).strip()
+                        note = f"n/a {col.metric}: {reason} (the metrics files say more)"
                         if note not in notes:
                             notes.append(note)
                     else:
@@ -125,14 +138,20 @@ def build(cells: list[Cell], bench: list[dict]) -> list[Table]:
                     row.append("–" if speedup is None else f"{speedup:.2f}×")
                     if ms is not None:
                         values.append({"task": task, "split": "", "model": model, "decoder": decoder,
-                                       "quantity": f"ms_per_sample@batch{b}", "value": ms, "source": "bench"})
+                                       "quantity": f"ms_per_sample@{device},batch{b}", "value": ms,
+                                       "source": "bench"})
                     if speedup is not None:
                         values.append({"task": task, "split": "", "model": model, "decoder": decoder,
-                                       "quantity": f"speedup_vs_ar@batch{b}", "value": speedup, "source": "bench"})
+                                       "quantity": f"speedup_vs_ar@{device},batch{b}", "value": speedup,
+                                       "source": "bench"})
                 rows.append(row)
         scale = {"caption": "scores x100", "vqa": "accuracy in %", "grounding": "Acc@0.5 in %"}[task]
-        notes.insert(0, f"{scale}; splits: {', '.join(splits) or 'none scored'}; speed-up = AR latency / latency, "
-                        "same decoder and batch size.")
+        timing = ("" if b is None else
+                  " Latency: `narvl bench decode` (fastest repetition / batch size); NAR + KD reuses the NAR timing "
+                  "(same architecture and decoder); speed-up = AR latency / latency, same decoder and batch size."
+                  + (" Timed with randomly initialised models at a fixed output length (--preset)."
+                     if bench_mode == "preset" else ""))
+        notes.insert(0, f"{scale}; splits: {', '.join(splits) or 'none scored'}.{timing}")
         tables.append(Table(task, header, rows, notes, values))
     return tables
 
@@ -151,12 +170,54 @@ def to_markdown(tables: list[Table], level: int = 2) -> str:
     return "\n".join(out)
 
 
-def to_csv(tables: list[Table]) -> str:
+def to_csv(tables: list[Table], extra: list[dict[str, Any]] = ()) -> str:
     buf = io.StringIO()
     fields = ["task", "split", "model", "decoder", "quantity", "value", "source"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
-    for t in tables:
-        for v in t.values:
-            w.writerow({**v, "value": "" if v["value"] is None else repr(float(v["value"]))})
+    for v in [v for t in tables for v in t.values] + list(extra):
+        value = v["value"]
+        text = "" if value is None else repr(value) if isinstance(value, int) else repr(float(value))
+        w.writerow({**v, "value": text})
     return buf.getvalue()
+
+
+# summary.json fields shown in the training table: (label, path in the summary, format)
+TRAIN_COLUMNS = [
+    ("steps", ("steps",), "{:d}"),
+    ("train loss", ("final", "loss"), "{:.4f}"),
+    ("val loss", ("val", "loss"), "{:.4f}"),
+    ("val exact match", ("val", "exact_match"), "{:.3f}"),
+    ("samples/s", ("samples_per_s",), "{:.1f}"),
+    ("processes", ("world_size",), "{:d}"),
+    ("wall s", ("wall_s_total",), "{:.0f}"),
+]
+
+
+def _get(d: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def training_table(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Markdown table of the runs' summary.json and the tidy values behind it ("" when there are no runs)."""
+    if not summaries:
+        return "", []
+    lines = ["## Training runs\n", "| run | " + " | ".join(c[0] for c in TRAIN_COLUMNS) + " |",
+             "|" + "|".join(" --- " for _ in range(len(TRAIN_COLUMNS) + 1)) + "|"]
+    values = []
+    for run, summary in sorted(summaries.items()):
+        cells = []
+        for label, path, fmt in TRAIN_COLUMNS:
+            v = _get(summary, path)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            cells.append(fmt.format(v) if ok and (fmt != "{:d}" or isinstance(v, int)) else "–")
+            if ok:
+                values.append({"task": summary.get("task", ""), "split": "", "model": run, "decoder": "",
+                               "quantity": f"train:{'.'.join(path)}", "value": v, "source": f"{run}/summary.json"})
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    lines.append("\nFrom `runs/*/summary.json` (`narvl train`): final training window and validation at the end.\n")
+    return "\n".join(lines), values

@@ -1,0 +1,290 @@
+"""`narvl bench decode`: latency of AR and NAR decoding on the same encoder, written as JSON.
+
+For every task's output length, batch size (decode.bench_batch_sizes) and device (the CPU, and the GPU when
+torch.cuda.is_available()), one run times side by side, round-robin over decode.bench_repeats repetitions after
+one warm-up round (milliseconds, inputs already on the device):
+
+    encoder only   the encoder (ResNet + transformer): the floor for any decoder
+    NAR greedy     NAR forward + log-softmax + CTC collapse         (narvl.decode.ctc.greedy_decode)
+    NAR beam       NAR forward + CTC prefix beam search, decode.beam_size
+    AR greedy      AR encoder + KV-cached greedy generation         (ARModel.generate, beam_size 1)
+    AR beam        AR encoder + KV-cached beam search, decode.beam_size and decode.length_penalty
+
+Per (device, task, batch) row, `ms` maps each method to the time of a repetition for the whole batch, the fastest
+one (the least disturbed by other processes; the ratios use it), `ms_median` to the median. Methods are named
+`encoder` and `<model>_<decoder>` with model ar, nar (or nar-kd, ...) and decoder greedy or beam. `ratios` (for the
+first NAR model; `ratios_by_nar` for each): nar_greedy_over_encoder, ar_greedy_over_nar_greedy,
+ar_beam_over_nar_greedy, ar_beam_over_nar_beam, next to the paper's AR/NAR speed-ups (OFA vs NARVL: grounding
+2.4x, VQA 12.7x, caption 7.2x, entailment 1.4x).
+
+Two modes:
+  --models M.pt ...   trained model files (`narvl export`): per task one AR file and one or more NAR files (a
+                      file's model name is its folder's name after "<task>-": runs/vqa-nar-kd/model.pt is
+                      `nar-kd`); inputs are the first samples of the task's first evaluation split
+                      (pipeline.eval_splits) read from --shards/<task> with --shards/tokenizer.json; AR generation
+                      stops at EOS (at most decode.max_len[task] tokens): the decoding cost the results table shows.
+  --preset NAME       randomly initialised AR and NAR models of an architecture preset (cpu/tiny/base/large)
+                      sharing one encoder's weights; random images of data.shard.image_size[task] pixels and
+                      data.loader.max_source_len prompt tokens; N = model.num_queries[task] and AR generation
+                      forced to exactly decode.max_len[task] tokens (EOS suppressed until the last step), so the
+                      comparison is fair at a fixed output length.
+
+Reads the params folder (model, data, decode, pipeline yaml); writes --out:
+    {"mode", "preset", "arch", "parameters", "decode", "paper_speedup", "targets", "environment",
+     "results": [{"device", "task", "batch", "ms": {method: ms}, "ms_median": {method: ms}, "ratios",
+                  "ratios_by_nar", "nar_models", "num_queries", "ar_max_len", "ar_forced_length", "image_size",
+                  "source_len", "paper_speedup"}], "models"?, "splits"?}
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+PAPER_SPEEDUP = {"grounding": 2.4, "vqa": 12.7, "caption": 7.2, "entailment": 1.4}
+ENCODER = "encoder"  # the method name of the encoder-only measurement
+log = logging.getLogger("narvl.bench.decode")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", required=True, type=Path, help="params folder (model, data, decode, pipeline)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--models", nargs="+", type=Path, help="exported model files (one AR and NAR files per task)")
+    mode.add_argument("--preset", choices=["cpu", "tiny", "base", "large"], help="random models of this preset")
+    parser.add_argument("--shards", type=Path, help="shards root (<root>/<task>/, <root>/tokenizer.json); --models")
+    parser.add_argument("--tasks", nargs="+", help="only these tasks (default: all the mode provides)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: the CPU, and the GPU when one is available")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (default 0: torch's own choice); 1 is steadier on a busy machine")
+    parser.add_argument("--out", required=True, type=Path, help="JSON output")
+
+
+def _timer(device) -> Callable[[Callable[[], Any]], float]:
+    import torch
+
+    def run(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) * 1000.0
+
+    return run
+
+
+def methods(ar, nars: dict[str, Any], images, src, mask, ar_max_len: int, ar_min_len: int,
+            decode_params) -> dict[str, Callable[[], Any]]:
+    """method name (`encoder`, `<model>_<decoder>`) -> a function decoding the batch, the encoder alone first."""
+    import torch.nn.functional as F
+
+    from narvl.decode.ctc import beam_search, greedy_decode
+
+    k, lp = decode_params.beam_size, decode_params.length_penalty
+    first = next(iter(nars.values()))
+    fns = {ENCODER: lambda: first.encode(images, src, mask)}
+    for name, nar in nars.items():
+        def logp(nar=nar):
+            return F.log_softmax(nar(images, src, mask).float(), dim=-1)
+
+        blank = nar.special_ids["blank"]
+        fns[f"{name}_greedy"] = lambda logp=logp, blank=blank: greedy_decode(logp(), blank)
+        fns[f"{name}_beam"] = lambda logp=logp, blank=blank: beam_search(logp(), blank, k)
+    fns["ar_greedy"] = lambda: ar.generate(images, src, mask, ar_max_len, 1, lp, min_len=ar_min_len)
+    fns["ar_beam"] = lambda: ar.generate(images, src, mask, ar_max_len, k, lp, min_len=ar_min_len)
+    return fns
+
+
+def measure(fns: dict[Any, Callable[[], Any]], repeats: int, device) -> dict[Any, list[float]]:
+    """Milliseconds of each repetition of each function, measured round-robin after one warm-up round."""
+    import torch
+
+    timer = _timer(device)
+    times: dict[Any, list[float]] = {name: [] for name in fns}
+    with torch.inference_mode():
+        for rnd in range(repeats + 1):
+            for name, fn in fns.items():
+                t = timer(fn)
+                if rnd:  # round 0 is the warm-up
+                    times[name].append(t)
+    return times
+
+
+def ratios(ms: dict[str, float], nar: str) -> dict[str, float]:
+    return {
+        "nar_greedy_over_encoder": ms[f"{nar}_greedy"] / ms[ENCODER],
+        "ar_greedy_over_nar_greedy": ms["ar_greedy"] / ms[f"{nar}_greedy"],
+        "ar_beam_over_nar_greedy": ms["ar_beam"] / ms[f"{nar}_greedy"],
+        "ar_beam_over_nar_beam": ms["ar_beam"] / ms[f"{nar}_beam"],
+    }
+
+
+def _devices(choice: str):
+    import torch
+
+    from narvl.errors import NarvlError
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise NarvlError("--device cuda: no GPU is available (torch.cuda.is_available() is False)")
+    if choice == "auto":
+        return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [torch.device(choice)]
+
+
+def _preset_setups(args, prm) -> list[dict[str, Any]]:
+    """Random AR and NAR models per task sharing one encoder's weights, random inputs."""
+    import torch
+
+    from narvl.model import build_model
+    from narvl.params import PRESETS
+
+    arch = PRESETS[args.preset]
+    data = prm["data"]
+    vocab = data.tokenizer.vocab_size + 5 + data.tokenizer.num_bins  # BPE + 5 specials + location bins
+    special = {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "blank": 4}
+    setups = []
+    torch.manual_seed(0)
+    for task in args.tasks or list(prm["model"].num_queries):
+        n = prm["model"].num_queries[task]
+        nar = build_model("nar", arch, vocab, n, special).eval()
+        ar = build_model("ar", arch, vocab, n, special).eval()
+        ar.encoder.load_state_dict(nar.encoder.state_dict())  # the same encoder for both
+        size, s = data.shard.image_size[task], data.loader.max_source_len
+        max_len = prm["decode"].max_len[task]
+
+        def make_inputs(b, size=size, s=s, vocab=vocab):
+            g = torch.Generator().manual_seed(b)
+            return (torch.randn(b, 3, size, size, generator=g), torch.randint(5, vocab, (b, s), generator=g),
+                    torch.zeros(b, s, dtype=torch.bool))
+
+        setups.append({"task": task, "nars": {"nar": nar}, "ar": ar, "inputs": make_inputs, "num_queries": n,
+                       "ar_max_len": max_len, "ar_min_len": max_len, "image_size": size, "source_len": s})
+    return setups
+
+
+def model_name(path: Path, task: str, kind: str) -> str:
+    """runs/<task>-<model>/model.pt -> <model> (ar, nar, nar-kd); else the file's kind."""
+    folder = path.parent.name
+    return folder[len(task) + 1:] if folder.startswith(f"{task}-") and len(folder) > len(task) + 1 else kind
+
+
+def _model_setups(args, prm) -> list[dict[str, Any]]:
+    """Trained AR and NAR files per task; inputs from the task's first evaluation split."""
+    from narvl import model as narvl_model
+    from narvl.data.loader import eval_loader
+    from narvl.data.tokenizer import Tokenizer
+    from narvl.errors import NarvlError
+
+    if args.shards is None:
+        raise NarvlError("--models needs --shards (the shards root with <task>/ folders and tokenizer.json)")
+    by_task: dict[str, dict[str, list]] = {}
+    for path in args.models:
+        m, meta = narvl_model.load(path)
+        name = model_name(path, meta["task"], meta["kind"])
+        if name.startswith("nar") != (meta["kind"] == "nar"):
+            name = meta["kind"]
+        by_task.setdefault(meta["task"], {}).setdefault(meta["kind"], []).append((name, m, path))
+    tokenizer = Tokenizer.load(args.shards / "tokenizer.json")
+    setups = []
+    for task in args.tasks or sorted(by_task):
+        kinds = by_task.get(task, {})
+        if len(kinds.get("ar", [])) != 1 or not kinds.get("nar"):
+            found = ", ".join(str(p) for files in kinds.values() for _, _, p in files) or "none"
+            raise NarvlError(f"--models: task '{task}' needs exactly one AR and at least one NAR model file, "
+                             f"got {found}")
+        (_, ar, ar_path) = kinds["ar"][0]
+        nars = sorted(kinds["nar"], key=lambda x: (x[0] != "nar", x[0]))  # `nar` first: the primary ratios
+        names = [n for n, _, _ in nars]
+        if len(set(names)) != len(names):
+            raise NarvlError(f"--models: task '{task}' has two NAR files named {names}; name their folders "
+                             f"<task>-nar and <task>-nar-kd")
+        split = prm["pipeline"].eval_splits[task][0]
+        biggest = max(prm["decode"].bench_batch_sizes)
+        batch = next(iter(eval_loader(args.shards / task, split, tokenizer, prm["data"], task, biggest, 0, 1)))
+
+        def make_inputs(b, batch=batch):
+            reps = -(-b // batch["images"].size(0))  # tile when the split is smaller than b
+
+            def take(t):
+                return t.repeat(reps, *([1] * (t.dim() - 1)))[:b]
+
+            return take(batch["images"]), take(batch["src_tokens"]), take(batch["src_mask"])
+
+        setups.append({"task": task, "nars": {n: m for n, m, _ in nars}, "ar": ar, "inputs": make_inputs,
+                       "num_queries": nars[0][1].num_queries, "ar_max_len": prm["decode"].max_len[task],
+                       "ar_min_len": 0, "split": split, "image_size": int(batch["images"].size(-1)),
+                       "source_len": int(batch["src_tokens"].size(1)),
+                       "models": {"ar": str(ar_path), **{n: str(p) for n, _, p in nars}}})
+    return setups
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from narvl import params
+    from narvl.io import write_json
+    from narvl.model import count_parameters
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prm = {stage: params.load(args.params / f"{stage}.yaml", stage)
+           for stage in ("model", "data", "decode", "pipeline")}
+    setups = _preset_setups(args, prm) if args.preset else _model_setups(args, prm)
+    rows = []
+    for device in _devices(args.device):
+        for setup in setups:
+            ar = setup["ar"].to(device)
+            nars = {n: m.to(device) for n, m in setup["nars"].items()}
+            for b in prm["decode"].bench_batch_sizes:
+                images, src, mask = (t.to(device) for t in setup["inputs"](b))
+                fns = methods(ar, nars, images, src, mask, setup["ar_max_len"], setup["ar_min_len"], prm["decode"])
+                log.info("%s %s batch %d: timing %s", device.type, setup["task"], b, ", ".join(fns))
+                times = measure(fns, prm["decode"].bench_repeats, device)
+                ms = {name: min(ts) for name, ts in times.items()}
+                by_nar = {nar: ratios(ms, nar) for nar in nars}
+                rows.append({
+                    "device": device.type, "task": setup["task"], "batch": b, "ms": ms,
+                    "ms_median": {name: statistics.median(ts) for name, ts in times.items()},
+                    "ratios": next(iter(by_nar.values())), "ratios_by_nar": by_nar, "nar_models": list(nars),
+                    "num_queries": setup["num_queries"], "ar_max_len": setup["ar_max_len"],
+                    "ar_forced_length": setup["ar_min_len"] >= setup["ar_max_len"],
+                    "image_size": setup["image_size"], "source_len": setup["source_len"],
+                    "paper_speedup": PAPER_SPEEDUP.get(setup["task"])})
+                for nar, r in by_nar.items():
+                    print(f"{device.type:4s} {setup['task']:9s} B={b:<3d} {nar:6s} enc {ms[ENCODER]:8.1f}  "
+                          f"nar g/b {ms[f'{nar}_greedy']:8.1f} {ms[f'{nar}_beam']:8.1f}  "
+                          f"ar g/b {ms['ar_greedy']:8.1f} {ms['ar_beam']:8.1f} ms | nar_g/enc "
+                          f"{r['nar_greedy_over_encoder']:.2f}  ar_g/nar_g {r['ar_greedy_over_nar_greedy']:.2f}  "
+                          f"ar_b/nar_g {r['ar_beam_over_nar_greedy']:.2f}  ar_b/nar_b "
+                          f"{r['ar_beam_over_nar_beam']:.2f} (paper {PAPER_SPEEDUP.get(setup['task'])})",
+                          flush=True)
+            setup["ar"], setup["nars"] = ar.cpu(), {n: m.cpu() for n, m in nars.items()}
+    first = setups[0]
+    result = {
+        "mode": "preset" if args.preset else "models",
+        "preset": args.preset,
+        "arch": params.to_dict(first["ar"].arch),
+        "parameters": {"ar": count_parameters(first["ar"]),
+                       **{n: count_parameters(m) for n, m in first["nars"].items()}},
+        "decode": params.to_dict(prm["decode"]),
+        "paper_speedup": PAPER_SPEEDUP,
+        "targets": {"nar_greedy_over_encoder": "<= 1.3",
+                    "ar_greedy_over_nar_greedy": ">= 4 at caption length, batch 1"},
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "cpu": platform.processor() or platform.machine(),
+                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "results": rows,
+    }
+    if not args.preset:
+        result["models"] = {s["task"]: s["models"] for s in setups}
+        result["splits"] = {s["task"]: s["split"] for s in setups}
+    write_json(args.out, result)
+    log.info("wrote %s", args.out)
+    return 0

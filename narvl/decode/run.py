@@ -1,0 +1,185 @@
+"""Decode an evaluation split with an exported model into a predictions file in the official results format.
+
+    narvl decode --params params/decode.yaml --model runs/TASK-MODEL/model.pt --shards data/shards/TASK \\
+                 --split SPLIT --tokenizer data/shards/tokenizer.json --decoder {greedy,beam} \\
+                 --out results/predictions/TASK-SPLIT-MODEL-DECODER.json
+
+Reads: the model file (`narvl export`: kind, task, arch, step, tokenizer reference, weights), the split's shards
+(every sample once, in shard order, through `narvl.data.loader.eval_loader`; the loader settings come from
+`data.yaml` beside `--params`), the tokenizer, and `decode.yaml` (batch size, beam size, length penalty, AR max_len).
+
+Decoding:
+  AR   `ARModel.generate` (beam_size 1 for greedy, decode.beam_size for beam; decode.max_len[task] tokens at most).
+  NAR  `NARModel.forward` -> log-softmax over the N slots -> `narvl.decode.ctc.greedy_decode` (collapse repeats,
+       drop blanks) or `beam_search` (CTC prefix beam search, decode.beam_size); output cut at the first EOS.
+  Captions and answers are the tokenizer's `decode` of the ids. Grounding takes 4 location tokens
+  (`narvl.decode.ctc.box_tokens`: the first 4 decoded, else for NAR the 4 most confident slots), turns them into a box
+  in resized pixels over the canvas side max(size) (`Tokenizer.tokens_to_box`), then into original pixels by
+  orig_size / size per axis (no clipping, as OFA).
+
+Writes (atomically):
+  --out             caption `[{"image_id", "caption"}]`, VQA `[{"question_id", "answer"}]`, grounding
+                    `[{"ref_id", "sent_id", "sample_id", "box"}]`: exactly what `narvl score` reads
+  <out stem>.meta.json  provenance and timing: model file, its sha256, kind, task, step, arch hash, tokenizer, decoder
+                    settings, split, samples, device, seconds (model + decoding, and wall) and samples/s
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from narvl import __version__
+from narvl import params as params_mod
+from narvl.errors import NarvlError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", required=True, type=Path, help="params/decode.yaml (data.yaml is read beside it)")
+    parser.add_argument("--model", required=True, type=Path, help="exported model file (narvl export)")
+    parser.add_argument("--shards", required=True, type=Path, help="the task's shard folder (sizes.json + tars)")
+    parser.add_argument("--split", required=True, help="evaluation split, e.g. test, val, testA")
+    parser.add_argument("--tokenizer", required=True, type=Path, help="data/shards/tokenizer.json")
+    parser.add_argument("--decoder", required=True, choices=["greedy", "beam"])
+    parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
+
+
+def sidecar_path(out: Path) -> Path:
+    from narvl.eval.common import decode_sidecar_path
+
+    return decode_sidecar_path(out)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_tokenizer(meta: dict, tokenizer_path: Path, model_path: Path, vocab_size: int, model_vocab: int) -> None:
+    """The model must have been trained with this tokenizer: same sha256 when the file records one, same size."""
+    ref = meta.get("tokenizer")
+    if isinstance(ref, dict) and ref.get("sha256"):
+        actual = _sha256(tokenizer_path)
+        if actual != ref["sha256"]:
+            raise NarvlError(f"{tokenizer_path}: sha256 {actual[:12]} differs from the tokenizer the model "
+                             f"{model_path} was trained with ({ref.get('path', '?')}, {str(ref['sha256'])[:12]})")
+    if vocab_size != model_vocab:
+        raise NarvlError(f"{tokenizer_path}: vocabulary of {vocab_size} tokens, but {model_path} has {model_vocab}")
+
+
+def predict_batch(model, batch: dict[str, Any], task: str, tokenizer, decoder: str, decode_params) -> list[Any]:
+    """Predictions (caption/answer text, or a box in ORIGINAL pixels) for one batch, in batch order."""
+    import torch
+    import torch.nn.functional as F
+
+    from narvl.decode.ctc import beam_search, box_tokens, greedy_decode
+
+    images, src, mask = batch["images"], batch["src_tokens"], batch["src_mask"]
+    eos = tokenizer.eos_id
+    slot_lp = None
+    if model.kind == "ar":
+        beam = 1 if decoder == "greedy" else decode_params.beam_size
+        seqs = model.generate(images, src, mask, decode_params.max_len[task], beam, decode_params.length_penalty)
+    else:
+        slot_lp = F.log_softmax(model(images, src, mask).float(), dim=-1)  # (B, N, V)
+        if decoder == "greedy":
+            seqs = greedy_decode(slot_lp, tokenizer.blank_id, eos)
+        else:
+            seqs = [hyps[0][0] for hyps in beam_search(slot_lp, tokenizer.blank_id, decode_params.beam_size)]
+    seqs = [s[:s.index(eos)] if eos in s else s for s in (list(map(int, s)) for s in seqs)]
+    if task != "grounding":
+        return [tokenizer.decode(s) for s in seqs]
+    boxes = []
+    for i, (seq, meta) in enumerate(zip(seqs, batch["meta"])):
+        ids = box_tokens(seq, tokenizer.bin_offset, tokenizer.num_bins,
+                         slot_lp[i] if slot_lp is not None else None)
+        box = tokenizer.tokens_to_box(ids, max(meta["size"]))  # resized pixels on the canvas
+        sx = meta["orig_size"][0] / meta["size"][0]
+        sy = meta["orig_size"][1] / meta["size"][1]
+        boxes.append([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy])
+    return boxes
+
+
+def record(task: str, meta: dict, pred: Any) -> dict[str, Any]:
+    if task == "caption":
+        return {"image_id": meta["image_id"], "caption": pred}
+    if task == "vqa":
+        return {"question_id": meta["question_id"], "answer": pred}
+    return {"ref_id": meta["ref_id"], "sent_id": meta["sent_id"], "sample_id": meta["id"], "box": pred}
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from narvl import model as narvl_model
+    from narvl.data.loader import eval_loader
+    from narvl.data.tokenizer import Tokenizer
+    from narvl.eval.common import CELL_RE
+    from narvl.io import write_json
+
+    decode_params = params_mod.load(args.params, "decode")
+    data_params = params_mod.load(args.params.parent / "data.yaml", "data")
+    model, meta = narvl_model.load(args.model)
+    task = meta["task"]
+    tokenizer = Tokenizer.load(args.tokenizer)
+    _check_tokenizer(meta, args.tokenizer, args.model, tokenizer.vocab_size, meta["vocab_size"])
+    if task not in decode_params.max_len:
+        raise NarvlError(f"{args.params}: decode.max_len has no entry for task '{task}'")
+    cell = CELL_RE.match(args.out.stem)
+    if cell and cell["task"] != task:
+        raise NarvlError(f"{args.out}: the file name says task '{cell['task']}', but {args.model} is a {task} model")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    loader = eval_loader(args.shards, args.split, tokenizer, data_params, task, decode_params.batch_size, 0, 1)
+    records: list[dict[str, Any]] = []
+    compute_s = 0.0
+    wall0 = time.perf_counter()
+    with torch.inference_mode(), tqdm(total=loader.samples, desc=f"decode {task} {args.split} "
+                                      f"{meta['kind']} {args.decoder}", unit="sample") as bar:
+        for batch in loader:
+            for key in ("images", "src_tokens", "src_mask"):
+                batch[key] = batch[key].to(device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            preds = predict_batch(model, batch, task, tokenizer, args.decoder, decode_params)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            compute_s += time.perf_counter() - t0
+            records.extend(record(task, m, p) for m, p in zip(batch["meta"], preds))
+            bar.update(len(preds))
+    wall_s = time.perf_counter() - wall0
+    if len(records) != loader.samples:
+        raise NarvlError(f"{args.shards}: split '{args.split}' yielded {len(records)} samples, sizes.json says "
+                         f"{loader.samples}")
+
+    write_json(args.out, records, indent=None)
+    side = {
+        "model_file": str(args.model), "model_sha256": _sha256(args.model), "kind": meta["kind"], "task": task,
+        "model": cell["model"] if cell else meta["kind"], "step": meta["step"],
+        "arch_hash": hashlib.sha256(json.dumps(meta["arch"], sort_keys=True).encode()).hexdigest()[:12],
+        "num_queries": meta["num_queries"], "tokenizer": {"path": str(args.tokenizer),
+                                                          "sha256": _sha256(args.tokenizer)},
+        "decoder": args.decoder, "decode_params": params_mod.to_dict(decode_params),
+        "decode_params_hash": params_mod.digest(decode_params), "split": args.split, "shards": str(args.shards),
+        "samples": len(records), "device": device.type, "threads": torch.get_num_threads(),
+        "seconds_model_and_decoding": compute_s, "seconds_wall": wall_s,
+        "samples_per_s": len(records) / compute_s if compute_s > 0 else None,
+        "narvl_version": __version__,
+    }
+    write_json(sidecar_path(args.out), side)
+    log.info("%s: %d predictions, %.1f samples/s (model + decoding, %s)", args.out, len(records),
+             side["samples_per_s"] or 0.0, device.type)
+    return 0

@@ -1,0 +1,90 @@
+"""Export the newest complete checkpoint of a training run as the self-describing fp32 model file.
+
+Reads   --run DIR    DIR/checkpoints (run.json and the newest step_* folder with COMPLETE.json)
+Writes  --out FILE   the `narvl-model-v1` file of narvl.model.save (kind, task, architecture, vocabulary size,
+                     queries, special ids, tokenizer reference, step, fp32 state_dict); `narvl decode` and
+                     `narvl distill` load it with narvl.model.load, without DeepSpeed
+
+ZeRO checkpoints (stages 1-3) keep fp32 master weights partitioned over the ranks' optimizer files: they are
+gathered with DeepSpeed's zero_to_fp32. Stage 0 with bf16/fp16 keeps fp32 masters in the optimizer state: they
+replace the half-precision module weights. Stage 0 fp32 saves the weights themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from narvl.errors import NarvlError
+from narvl.params import ArchParams
+from narvl.train import checkpoint as ck
+
+log = logging.getLogger("narvl.export")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="training run folder (runs/TASK-KIND)")
+    parser.add_argument("--out", required=True, help="model file to write (runs/TASK-KIND/model.pt)")
+
+
+def fp32_state_dict(tag_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
+    """The consolidated fp32 state_dict of one DeepSpeed checkpoint folder (no process group needed)."""
+    import torch
+
+    if list(tag_dir.glob("*_optim_states.pt")):  # ZeRO 1-3: partitioned fp32 masters
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    path = tag_dir / "mp_rank_00_model_states.pt"
+    if not path.is_file():
+        raise NarvlError(f"{tag_dir}: neither ZeRO optimizer files nor {path.name}: not a DeepSpeed checkpoint")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["module"].items()}
+    optimizer = blob.get("optimizer") or {}
+    masters = optimizer.get("fp32_groups") if isinstance(optimizer, dict) else None
+    if masters is not None:  # mixed precision without ZeRO: the fp32 copies live in the optimizer
+        names = run_info.get("param_groups")
+        if not names or [len(g) for g in names] != [len(g) for g in masters]:
+            raise NarvlError(f"{tag_dir}: cannot map the fp32 master weights to parameter names "
+                             f"(run.json param_groups does not match the optimizer groups)")
+        for group_names, group in zip(names, masters):
+            for name, tensor in zip(group_names, group):
+                if state[name].shape != tensor.shape:
+                    raise NarvlError(f"{tag_dir}: master weight of {name} has shape {tuple(tensor.shape)}, "
+                                     f"the module {tuple(state[name].shape)}")
+                state[name] = tensor.float().clone()
+    return state
+
+
+def export(run: Path, out: Path) -> dict[str, Any]:
+    from narvl.model import build_model, save
+
+    ckpt_dir = run / "checkpoints"
+    info = ck.read_run_info(ckpt_dir)
+    latest = ck.latest_complete(ckpt_dir)
+    if info is None or latest is None:
+        raise NarvlError(f"{ckpt_dir}: no complete checkpoint to export (train first: `narvl train ... --out {run}`)")
+    step, tag_dir = latest
+    ident = info["identity"]
+    model = build_model(ident["kind"], ArchParams(**ident["arch"]), ident["vocab_size"], ident["num_queries"],
+                        ident["special_ids"])
+    state = fp32_state_dict(tag_dir, info)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise NarvlError(f"{tag_dir}: checkpoint does not match the model of run.json: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    meta = {"task": ident["task"], "step": step, "tokenizer": info["tokenizer"]}
+    save(out, model, meta)
+    log.info("exported %s (step %d, %s) to %s", tag_dir, step, ident["kind"], out)
+    return meta
+
+
+def main(args: argparse.Namespace) -> int:
+    export(Path(args.run), Path(args.out))
+    return 0

@@ -1,0 +1,206 @@
+"""narvl decode: tiny random models through the command into files the scorer accepts; oracle models through the
+decoding path give the references back (so coordinates, detokenisation and ids are right); bad inputs."""
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from narvl import params
+from narvl.cli import main as cli_main
+from narvl.data.loader import eval_loader
+from narvl.data.tokenizer import Tokenizer
+from narvl.decode import run
+from narvl.errors import NarvlError
+from tests.fixtures.data import make
+
+SPLIT = {"caption": "test", "vqa": "val", "grounding": "testA"}
+DATA = params.load("params/data.yaml")
+DECODE = params.load("params/decode.yaml")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Raw data in the real formats (the data room's fixtures), shards, a tokenizer, tiny AR and NAR model files."""
+    root = tmp_path_factory.mktemp("decode")
+    raw = root / "raw"
+    make.karpathy(raw)
+    qfiles, afiles = make.vqav2(raw)
+    refs, instances = make.refer(raw)
+    shards = root / "shards"
+    base = ["shard", "--params", "params/data.yaml", "--images", str(raw / "images")]
+    assert cli_main(base + ["--task", "caption", "--format", "karpathy", "--annotations",
+                            str(raw / "captions" / "dataset_coco.json"), "--out", str(shards / "caption")]) == 0
+    assert cli_main(base + ["--task", "vqa", "--format", "vqav2", "--questions", *map(str, qfiles),
+                            "--annotations", *map(str, afiles), "--out", str(shards / "vqa")]) == 0
+    assert cli_main(base + ["--task", "grounding", "--format", "refer", "--refs", str(refs), "--instances",
+                            str(instances), "--out", str(shards / "grounding")]) == 0
+    tok_path = shards / "tokenizer.json"
+    assert cli_main(["tokenizer", "--params", "params/data.yaml", "--shards", str(shards / "caption"),
+                     str(shards / "vqa"), "--out", str(tok_path)]) == 0  # the grounding fixture has no train split
+    tok = Tokenizer.load(tok_path)
+    # COCO caption references of the test split, from the Karpathy file (what the pipeline scores against)
+    karpathy = json.loads((raw / "captions" / "dataset_coco.json").read_text())
+    anns = [{"image_id": im["cocoid"], "id": s["sentid"], "caption": s["raw"]}
+            for im in karpathy["images"] if im["split"] == "test" for s in im["sentences"]]
+    caption_refs = root / "captions_test.json"
+    caption_refs.write_text(json.dumps({"images": [{"id": a["image_id"]} for a in anns], "annotations": anns}))
+
+    arch = dataclasses.replace(params.PRESETS["cpu"], d_model=32, heads=2, encoder_layers=2, decoder_layers=2,
+                               ffn_dim=64, resnet_width=8, dropout=0.0)
+    from narvl.model import build_model, save
+
+    models = {}
+    special = {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id, "unk": tok.unk_id, "blank": tok.blank_id}
+    tok_ref = {"path": str(tok_path), "sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest()}
+    torch.manual_seed(0)
+    for task, n in (("caption", 20), ("vqa", 6), ("grounding", 5)):
+        for kind in ("ar", "nar"):
+            model = build_model(kind, arch, tok.vocab_size, n, special)
+            path = root / "runs" / f"{task}-{kind}" / "model.pt"
+            save(path, model, {"task": task, "tokenizer": tok_ref, "step": 3})
+            models[task, kind] = path
+    return {"root": root, "raw": raw, "shards": shards, "tok_path": tok_path, "tok": tok, "models": models,
+            "qfiles": qfiles, "afiles": afiles, "refs": refs, "instances": instances, "caption_refs": caption_refs}
+
+
+def decode(world, task, kind, decoder, out):
+    return cli_main(["decode", "--params", "params/decode.yaml", "--model", str(world["models"][task, kind]),
+                     "--shards", str(world["shards"] / task), "--split", SPLIT[task], "--tokenizer",
+                     str(world["tok_path"]), "--decoder", decoder, "--out", str(out)])
+
+
+def score(world, task, preds, out):
+    args = ["score", task, "--params", "params/score.yaml", "--predictions", str(preds), "--out", str(out)]
+    if task == "caption":
+        args += ["--references", str(world["caption_refs"])]
+    elif task == "vqa":
+        args += ["--questions", str(world["qfiles"][1]), "--annotations", str(world["afiles"][1])]
+    else:
+        args += ["--refs", str(world["refs"]), "--instances", str(world["instances"]), "--split", SPLIT[task]]
+    return cli_main(args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, kind, decoder", [
+    ("caption", "ar", "greedy"), ("caption", "nar", "beam"), ("vqa", "ar", "beam"), ("vqa", "nar", "greedy"),
+    ("grounding", "ar", "greedy"), ("grounding", "nar", "greedy"), ("grounding", "nar", "beam")])
+def test_random_models_decode_into_files_the_scorer_accepts(world, task, kind, decoder, tmp_path):
+    preds = tmp_path / f"{task}-{SPLIT[task]}-{kind}-{decoder}.json"
+    assert decode(world, task, kind, decoder, preds) == 0
+    records = json.loads(preds.read_text())
+    sizes = json.loads((world["shards"] / task / "sizes.json").read_text())
+    assert len(records) == sizes[SPLIT[task]]["samples"]
+    keys = {"caption": {"image_id", "caption"}, "vqa": {"question_id", "answer"},
+            "grounding": {"ref_id", "sent_id", "sample_id", "box"}}[task]
+    assert all(set(r) == keys for r in records)
+    side = json.loads(run.sidecar_path(preds).read_text())
+    assert (side["task"], side["kind"], side["model"], side["decoder"], side["step"]) == (task, kind, kind, decoder, 3)
+    assert side["samples"] == len(records) and side["samples_per_s"] > 0
+    assert side["model_sha256"] == hashlib.sha256(world["models"][task, kind].read_bytes()).hexdigest()
+    metrics = tmp_path / f"m-{task}.json"
+    if task == "caption":  # METEOR's Java start is the slow part; the fixture test covers it
+        (tmp_path / "score.yaml").write_text(Path("params/score.yaml").read_text().replace("meteor: true",
+                                                                                          "meteor: false"))
+        rc = cli_main(["score", "caption", "--params", str(tmp_path / "score.yaml"), "--references",
+                       str(world["caption_refs"]), "--predictions", str(preds), "--out", str(metrics)])
+    else:
+        rc = score(world, task, preds, metrics)
+    assert rc == 0
+    m = json.loads(metrics.read_text())
+    assert m["coverage"]["missing"] == 0
+    assert m["provenance"]["decode"]["model_sha256"] == side["model_sha256"]  # the sidecar was picked up
+    assert (m["model"], m["decoder"]) == (kind, decoder)
+
+
+class Oracle(torch.nn.Module):
+    """Emits the batch's targets: as N-slot CTC logits (NAR: target tokens separated by blanks) or as AR output."""
+
+    def __init__(self, kind, vocab, blank, num_queries=64):
+        super().__init__()
+        self.kind, self.vocab, self.blank, self.n = kind, vocab, blank, num_queries
+        self.targets = None
+
+    def forward(self, images, src, mask):  # NAR
+        logits = torch.full((len(self.targets), self.n, self.vocab), -10.0)
+        logits[:, :, self.blank] = 0.0
+        for i, t in enumerate(self.targets):
+            for j, tok in enumerate(t):
+                logits[i, 2 * j, self.blank] = -10.0
+                logits[i, 2 * j, tok] = 0.0
+        return logits
+
+    def generate(self, images, src, mask, max_len, beam, length_penalty):  # AR
+        return [list(t) for t in self.targets]
+
+
+@pytest.mark.parametrize("task", ["caption", "vqa", "grounding"])
+@pytest.mark.parametrize("kind, decoder", [("nar", "greedy"), ("nar", "beam"), ("ar", "greedy")])
+def test_oracle_predictions_score_perfectly(world, task, kind, decoder, tmp_path):
+    """Targets from the loader through the decode path come back as the references: the scorer's top marks."""
+    tok = world["tok"]
+    oracle = Oracle(kind, tok.vocab_size, tok.blank_id)
+    loader = eval_loader(world["shards"] / task, SPLIT[task], tok, DATA, task, 4, 0, 1)
+    records, texts = [], []
+    for batch in loader:
+        oracle.targets = [t[:n].tolist() for t, n in zip(batch["tgt_tokens"], batch["tgt_lengths"])]
+        preds = run.predict_batch(oracle, batch, task, tok, decoder, DECODE)
+        records += [run.record(task, m, p) for m, p in zip(batch["meta"], preds)]
+        texts += [(m["target"], p) for m, p in zip(batch["meta"], preds)]
+        if task == "grounding":
+            for m, box in zip(batch["meta"], preds):
+                # one bin is canvas/(B-1) resized pixels, i.e. that times orig/size original pixels
+                tol = max(m["size"]) / (tok.num_bins - 1) * max(m["orig_size"][0] / m["size"][0],
+                                                                 m["orig_size"][1] / m["size"][1])
+                assert box == pytest.approx(m["orig_box"], abs=tol / 2 + 1e-6)
+    preds_path = tmp_path / "p.json"
+    preds_path.write_text(json.dumps(records))
+    p = params.load("params/score.yaml")
+    if task == "grounding":
+        from narvl.eval import grounding
+
+        m = grounding.score(grounding.load_refer(world["refs"], world["instances"], SPLIT[task]), preds_path, p, "r")
+        assert m["metrics"]["Acc@0.5"] == 100.0
+    elif task == "vqa":
+        from narvl.eval import vqa
+
+        m = vqa.score(world["qfiles"][1], world["afiles"][1], preds_path, p)
+        # the target is the most frequent (highest soft score) answer: the official accuracy of that answer
+        expected = []
+        for a in json.loads(world["afiles"][1].read_text())["annotations"]:
+            answers = [x["answer"] for x in a["answers"]]
+            target = next(r["answer"] for r in records if r["question_id"] == a["question_id"])
+            expected.append(vqa.question_accuracy(target, answers))
+        assert m["metrics"]["accuracy"] == vqa.official_round(100 * sum(expected) / len(expected), 2)
+        assert m["metrics"]["accuracy"] >= 90.0
+    else:
+        from narvl.eval import caption
+
+        # the detokenised target, and it is one of the image's references (up to case and spacing)
+        assert [p for _, p in texts] == [tok.decode(tok.encode(t)) for t, _ in texts]
+        refs = caption.load_references(world["caption_refs"])
+        squash = lambda s: "".join(s.lower().split())  # noqa: E731
+        for r in records:
+            assert squash(r["caption"]) in [squash(c) for c in refs[r["image_id"]]]
+        m = caption.score(world["caption_refs"], preds_path, dataclasses.replace(p, meteor=False, spice=False))
+        assert m["metrics"]["Bleu_1"] > 0.99
+
+
+def test_wrong_tokenizer_and_task_mismatch_are_errors(world, tmp_path):
+    other = tmp_path / "tok.json"
+    other.write_text(world["tok_path"].read_text().replace("<unk>", "<unk>", 1) + " ")
+    with pytest.raises(NarvlError, match="differs from the tokenizer the model"):
+        run.main(run_args(world, "vqa", "nar", tmp_path / "vqa-val-nar-greedy.json", tokenizer=other))
+    with pytest.raises(NarvlError, match="the file name says task 'caption', but .* is a vqa model"):
+        run.main(run_args(world, "vqa", "nar", tmp_path / "caption-val-nar-greedy.json"))
+
+
+def run_args(world, task, kind, out, tokenizer=None):
+    import argparse
+
+    return argparse.Namespace(params=Path("params/decode.yaml"), model=world["models"][task, kind],
+                              shards=world["shards"] / task, split=SPLIT[task],
+                              tokenizer=tokenizer or world["tok_path"], decoder="greedy", out=out)

@@ -1,0 +1,274 @@
+"""Training without DeepSpeed: Slurm/torchrun launch mapping, batch and schedule arithmetic, checkpoint
+completeness, and the bad-input errors of `narvl train` (raised before any work is done)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from narvl.cli import main as cli_main
+from narvl.errors import NarvlError
+from narvl.params import load
+from narvl.train import checkpoint as ck
+from narvl.train import launch
+from narvl.train.config import WarmupCosine, check_batch, deepspeed_config
+from tests import train_inputs as T
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------------ Slurm
+@pytest.mark.parametrize("nodelist, hosts", [
+    ("localhost", ["localhost"]),
+    ("node[01-03,7]", ["node01", "node02", "node03", "node7"]),
+    ("a1,b[2-3],c", ["a1", "b2", "b3", "c"]),
+    ("n[1-2],m[08-10]", ["n1", "n2", "m08", "m09", "m10"]),
+    ("gpu[8-10]", ["gpu8", "gpu9", "gpu10"]),
+])
+def test_nodelist_expansion(nodelist, hosts):
+    assert launch.expand_nodelist(nodelist) == hosts
+
+
+@pytest.mark.skipif(shutil.which("scontrol") is None, reason="scontrol not installed")
+@pytest.mark.parametrize("nodelist", ["node[01-03,7]", "a1,b[2-3],c", "n[1-2],m[08-10]", "x[098-101]"])
+def test_nodelist_expansion_agrees_with_scontrol(nodelist):
+    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    assert launch.expand_nodelist(nodelist) == out.stdout.split()
+
+
+def test_bad_nodelist_is_a_clear_error():
+    with pytest.raises(NarvlError, match="nodelist"):
+        launch.expand_nodelist("node[3-1]")
+
+
+SRUN_TASK_3 = {  # task 3 of an `srun --nodes 2 --ntasks-per-node 2` step
+    "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4",
+    "SLURM_NODELIST": "gpu[07-08]", "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242",
+    "SLURM_STEP_ID": "0", "SLURM_NTASKS_PER_NODE": "2",
+}
+
+
+def test_srun_task_maps_to_torch_distributed_env():
+    env = launch.slurm_to_torch_env(SRUN_TASK_3)
+    assert env["RANK"] == "3" and env["LOCAL_RANK"] == "1" and env["WORLD_SIZE"] == "4"
+    assert env["MASTER_ADDR"] == "gpu07" and env["LOCAL_WORLD_SIZE"] == "2"
+    assert 20000 <= int(env["MASTER_PORT"]) < 40000
+    # every task of the step agrees on the rendezvous
+    task0 = dict(SRUN_TASK_3, SLURM_PROCID="0", SLURM_LOCALID="0")
+    assert launch.slurm_to_torch_env(task0)["MASTER_PORT"] == env["MASTER_PORT"]
+    assert launch.slurm_to_torch_env(dict(SRUN_TASK_3, MASTER_PORT="12345"))["MASTER_PORT"] == "12345"
+
+
+def test_srun_without_step_variables_falls_back_to_job_ones():
+    env = {k: v for k, v in SRUN_TASK_3.items() if k not in ("SLURM_STEP_NODELIST",)}
+    env["SLURM_NODELIST"] = "cn[3-4]"
+    assert launch.slurm_to_torch_env(env)["MASTER_ADDR"] == "cn3"
+
+
+def test_placement_modes():
+    assert launch.placement({}).mode == "plain"
+    batch_script = {"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_NODELIST": "n[1-2]", "SLURM_JOB_ID": "1"}
+    assert launch.placement(batch_script).mode == "plain"  # sbatch script: not a rank, torchrun inside
+    one_task_step = dict(batch_script, SLURM_STEP_NUM_TASKS="1", SLURM_LOCALID="0")
+    assert launch.placement(one_task_step).mode == "plain"
+    p = launch.placement(SRUN_TASK_3)
+    assert (p.mode, p.rank, p.local_rank, p.world_size) == ("srun", 3, 1, 4)
+    p = launch.placement({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", **SRUN_TASK_3})
+    assert (p.mode, p.rank, p.world_size) == ("launcher", 1, 2)  # torchrun inside srun wins
+
+
+def test_become_rank_fills_env():
+    env = dict(SRUN_TASK_3)
+    launch.become_rank(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"]) == ("3", "4", "gpu07")
+    env = {}
+    launch.become_rank(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"]) == ("0", "1", "0") and int(env["MASTER_PORT"]) > 0
+
+
+def test_torchrun_command():
+    cmd = launch.torchrun_command(2, ["train", "--out", "runs/x"])
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "narvl",
+                       "train", "--out", "runs/x"]
+
+
+# --------------------------------------------------------------------------------------- batch and schedule
+def test_batch_arithmetic():
+    train = load(ROOT / "params" / "train.yaml")
+    check_batch(train, train.global_batch // (train.micro_batch * train.grad_accum), "x")
+    with pytest.raises(NarvlError, match=r"micro_batch \(16\) x train.grad_accum \(1\) x world size \(3\) = 48"):
+        check_batch(train, 3, "x")
+
+
+def test_deepspeed_config_follows_params():
+    train = load(ROOT / "params" / "train.yaml")
+    cfg = deepspeed_config(train)
+    assert cfg["train_batch_size"] == train.global_batch
+    assert cfg["train_micro_batch_size_per_gpu"] == train.micro_batch
+    assert cfg["gradient_accumulation_steps"] == train.grad_accum
+    assert cfg["zero_optimization"]["stage"] == train.zero_stage
+    assert cfg["gradient_clipping"] == train.grad_clip
+
+
+def test_warmup_cosine_schedule():
+    f = WarmupCosine(warmup=4, total=14, min_ratio=0.1)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0
+    assert f(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
+    values = [f(s) for s in range(4, 15)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def fake_checkpoint(ckpt_dir: Path, step: int, complete: bool) -> Path:
+    d = ckpt_dir / ck.tag_for(step)
+    d.mkdir(parents=True)
+    (d / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    if complete:
+        ck.mark_complete(d, {"step": step})
+    return d
+
+
+def test_only_marked_checkpoints_count_and_prune_keeps_newest(tmp_path):
+    for step, complete in ((4, True), (8, True), (12, True), (16, False)):
+        fake_checkpoint(tmp_path, step, complete)
+    complete, incomplete = ck.checkpoints(tmp_path)
+    assert [s for s, _ in complete] == [4, 8, 12]
+    assert [p.name for p in incomplete] == ["step_00000016"]
+    assert ck.latest_complete(tmp_path)[0] == 12
+    removed = ck.prune(tmp_path, keep=2)
+    assert [p.name for p in removed] == ["step_00000004"] and not (tmp_path / "step_00000004").exists()
+    assert [s for s, _ in ck.checkpoints(tmp_path)[0]] == [8, 12]
+
+
+def run_info(**identity):
+    ident = {"kind": "nar", "task": "caption", "arch": {"d_model": 32}, "vocab_size": 100, **identity}
+    return {"identity": ident, "identity_hash": ck.identity_hash(ident), "zero_stage": 0, "world_size": 2}
+
+
+def test_compatibility_check(tmp_path):
+    ck.check_compatible(tmp_path, run_info())  # nothing there yet
+    ck.write_run_info(tmp_path, run_info())
+    fake_checkpoint(tmp_path, 4, True)
+    ck.check_compatible(tmp_path, run_info())
+    ck.check_compatible(tmp_path, dict(run_info(), world_size=4))  # ZeRO 0: any world size
+    with pytest.raises(NarvlError, match=r"another model configuration.*arch: checkpoint \{'d_model': 32\} vs "
+                                         r"now \{'d_model': 64\}"):
+        ck.check_compatible(tmp_path, run_info(arch={"d_model": 64}))
+    with pytest.raises(NarvlError, match="ZeRO stage 0"):
+        ck.check_compatible(tmp_path, dict(run_info(), zero_stage=2))
+
+
+# --------------------------------------------------------------------------------- bad input, before any work
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train-inputs")
+    return {"shards": T.make_shards(d / "shards"), "tokenizer": T.make_tokenizer(d / "tokenizer.json"),
+            "params": T.make_params(ROOT / "params", d / "params"), "dir": d}
+
+
+def train_cli(inputs, capsys, **override):
+    args = {"params": inputs["params"], "task": "caption", "kind": "nar", "shards": inputs["shards"],
+            "tokenizer": inputs["tokenizer"], "out": inputs["dir"] / "run", **override}
+    argv = ["train"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
+    t0 = time.perf_counter()
+    code = cli_main(argv)
+    return code, capsys.readouterr().err, time.perf_counter() - t0
+
+
+def test_inconsistent_batch_settings(inputs, capsys, tmp_path):
+    params = T.make_params(ROOT / "params", tmp_path / "params", micro_batch=3)
+    code, err, _ = train_cli(inputs, capsys, params=params, out=tmp_path / "run")
+    assert code == 2
+    assert "inconsistent batch settings: train.micro_batch (3) x train.grad_accum (1) x world size (2) = 6" in err
+    assert "global_batch is 8" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("no-folder", "no such shard folder"),
+    ("no-sizes", "sizes.json: missing"),
+    ("no-shard", "caption-train-000001.tar is missing"),
+    ("no-val", "no split 'val'"),
+    ("other-task", "is not a 'caption' shard"),
+])
+def test_bad_shards(inputs, capsys, tmp_path, breakage, message):
+    shards = tmp_path / "shards"
+    if breakage != "no-folder":
+        shutil.copytree(inputs["shards"], shards)
+        sizes = json.loads((shards / "sizes.json").read_text())
+        if breakage == "no-sizes":
+            (shards / "sizes.json").unlink()
+        elif breakage == "no-shard":
+            (shards / "caption-train-000001.tar").unlink()
+        elif breakage == "no-val":
+            del sizes["val"]
+        elif breakage == "other-task":
+            sizes["train"]["shards"] = ["vqa-train-000000.tar"]
+        if breakage in ("no-val", "other-task"):
+            (shards / "sizes.json").write_text(json.dumps(sizes))
+    code, err, _ = train_cli(inputs, capsys, shards=shards, out=tmp_path / "run")
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_tokenizer(inputs, capsys, tmp_path):
+    code, err, _ = train_cli(inputs, capsys, tokenizer=tmp_path / "nope.json", out=tmp_path / "run")
+    assert code == 2 and "nope.json" in err and "tokenizer" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_fp16_on_cpu_is_refused(inputs, capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is allowed on a GPU")
+    params = T.make_params(ROOT / "params", tmp_path / "params", precision="fp16")
+    code, err, _ = train_cli(inputs, capsys, params=params, out=tmp_path / "run")
+    assert code == 2 and "fp16 needs a GPU" in err
+
+
+def test_checkpoint_of_another_model_config(inputs, capsys, tmp_path):
+    """A run folder whose checkpoints were made for d_model 48 refuses a d_model 32 run, naming the difference."""
+    from narvl.train.main import prepare
+    from argparse import Namespace
+
+    out = tmp_path / "run"
+    args = Namespace(params=str(inputs["params"]), task="caption", kind="nar", shards=str(inputs["shards"]),
+                     tokenizer=str(inputs["tokenizer"]), out=str(out))
+    info = prepare(args, 2, False).run_info
+    info["identity"]["arch"] = dict(info["identity"]["arch"], d_model=48)
+    info["identity_hash"] = ck.identity_hash(info["identity"])
+    ck.write_run_info(out / "checkpoints", info)
+    fake_checkpoint(out / "checkpoints", 4, True)
+    before = sorted(p.name for p in out.rglob("*"))
+    code, err, _ = train_cli(inputs, capsys, out=out)
+    assert code == 2
+    assert "belong to another model configuration" in err and "'d_model': 48" in err and "'d_model': 32" in err
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing touched
+
+
+def test_other_kind_is_another_model(inputs, capsys, tmp_path):
+    from argparse import Namespace
+
+    from narvl.train.main import prepare
+
+    out = tmp_path / "run"
+    args = Namespace(params=str(inputs["params"]), task="caption", kind="ar", shards=str(inputs["shards"]),
+                     tokenizer=str(inputs["tokenizer"]), out=str(out))
+    ck.write_run_info(out / "checkpoints", prepare(args, 2, False).run_info)
+    fake_checkpoint(out / "checkpoints", 4, True)
+    code, err, _ = train_cli(inputs, capsys, out=out)
+    assert code == 2 and "kind: checkpoint 'ar' vs now 'nar'" in err
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
