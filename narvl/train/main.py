@@ -202,16 +202,18 @@ def main(args: argparse.Namespace) -> int:
 
 
 def use_private_extensions_dir(accelerator: str) -> None:
-    """Select DeepSpeed's accelerator and give narvl its own cache of compiled DeepSpeed ops.
+    """Select DeepSpeed's accelerator and give this Python environment its own cache of compiled DeepSpeed ops.
 
-    DeepSpeed compiles its shared-memory op at first start into TORCH_EXTENSIONS_DIR; processes that build it with
-    other flags (another accelerator setting) into the same folder rebuild it in turn and make each other wait
-    minutes. Unless TORCH_EXTENSIONS_DIR is set, narvl uses ~/.cache/torch_extensions/narvl-<accelerator>.
+    DeepSpeed compiles its shared-memory op at first start into TORCH_EXTENSIONS_DIR. Processes of another
+    environment (another venv: other include paths) or accelerator setting build it with other flags; sharing one
+    folder, they rebuild it in turn and make each other wait minutes. Unless TORCH_EXTENSIONS_DIR is set, narvl uses
+    ~/.cache/torch_extensions/narvl-<accelerator>-<hash of the Python prefix>.
     """
     if accelerator == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    env_id = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:10]
     os.environ.setdefault("TORCH_EXTENSIONS_DIR",
-                          str(Path.home() / ".cache" / "torch_extensions" / f"narvl-{accelerator}"))
+                          str(Path.home() / ".cache" / "torch_extensions" / f"narvl-{accelerator}-{env_id}"))
 
 
 def run(setup: Setup) -> int:
