@@ -5,7 +5,7 @@
   so, and ends with weights bit-identical to an uninterrupted run (weights, optimizer, schedule, RNG and data
   position restored)
 - the exported file rebuilds the model on its own and gives identical outputs
-- AR baseline with ZeRO-2 and bf16: export gathers the fp32 master weights
+- AR baseline with ZeRO-2, bf16 and gradient accumulation: export gathers the fp32 master weights
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def test_training_reduces_the_loss_and_logs_everything(tiny, uninterrupted):
 
     tb = scalars(out / "tb")
     for tag in ("train/loss", "train/ctc", "train/smooth", "train/infeasible", "train/lr", "train/samples_per_s",
-                "val/loss", "val/exact_match", "val/infeasible"):
+                "train/grad_norm", "val/loss", "val/exact_match", "val/infeasible"):
         assert tag in tb, f"{tag} missing from tensorboard ({sorted(tb)})"
     losses = [v for _, v in tb["train/loss"]]
     assert [s for s, _ in tb["train/loss"]] == list(range(2, 41, 2))
@@ -202,14 +202,15 @@ def test_export_without_checkpoint_is_a_clear_error(tmp_path, capsys):
 def ar_zero2_bf16(tiny):
     params = T.make_params(ROOT / "params", tiny["dir"] / "params-ar", steps={"caption": 16, "vqa": 16,
                                                                               "grounding": 16},
-                           zero_stage=2, precision="bf16", checkpoint_every=8, log_every=4)
+                           zero_stage=2, precision="bf16", checkpoint_every=8, log_every=4, micro_batch=2,
+                           grad_accum=2)
     out = tiny["dir"] / "caption-ar"
     run_narvl(*train_args(tiny, out, kind="ar", params=params))
     export(out, out / "model.pt")
     return out
 
 
-def test_ar_zero2_bf16_trains_and_exports_fp32_master_weights(ar_zero2_bf16):
+def test_ar_zero2_bf16_grad_accum_trains_and_exports_fp32_master_weights(ar_zero2_bf16):
     from narvl.model import ARModel, load
 
     out = ar_zero2_bf16
@@ -217,6 +218,9 @@ def test_ar_zero2_bf16_trains_and_exports_fp32_master_weights(ar_zero2_bf16):
     losses = [v for _, v in tb["train/loss"]]
     assert losses[-1] < losses[0], losses
     assert "train/grad_norm" in tb and "train/nll" in tb  # DeepSpeed's ZeRO optimizer reports the norm
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert (ds["gradient_accumulation_steps"], ds["train_micro_batch_size_per_gpu"], ds["bf16"]["enabled"]) == (
+        2, 2, True)
     tag = out / "checkpoints" / ck.tag_for(16)
     assert len(list(tag.glob("*_optim_states.pt"))) == 2  # ZeRO-2: one optimizer partition per rank
     model, meta = load(out / "model.pt")
@@ -278,3 +282,27 @@ def test_distill_rewrites_train_targets_with_the_teacher_and_keeps_the_rest(tiny
         assert json.loads(new[f"{meta['id']}.json"])["target"] == tok.decode(ids)
     info = json.loads((out / "distill.json").read_text())
     assert info["train_samples"] == 64 and info["distinct_inputs"] == 64 and info["beam_size"] == 3
+
+
+@pytest.mark.slurm
+def test_srun_tasks_train_as_ranks_like_torchrun(tiny, uninterrupted):
+    """`srun -n 2 narvl train`: each task is a rank (Slurm variables mapped to torch.distributed's); the run ends
+    with the same weights as the torchrun run. Needs Slurm (NARVL_SKIP_SLURM=1 skips, saying so)."""
+    if os.environ.get("NARVL_SKIP_SLURM") == "1":
+        pytest.skip("NARVL_SKIP_SLURM=1: the srun training test was not run")
+    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True) if shutil.which(
+        "sinfo") else None
+    if probe is None or probe.returncode != 0 or not probe.stdout.strip():
+        pytest.fail("no running Slurm (start one with `sudo bash scripts/start_slurm.sh`, or set NARVL_SKIP_SLURM=1)",
+                    pytrace=False)
+    out = tiny["dir"] / "caption-nar-srun"
+    cmd = ["srun", "-n", "2", "--cpus-per-task", "1", "--export", "ALL,OMP_NUM_THREADS=1",
+           *narvl_cmd(*train_args(tiny, out))]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "starting 2 ranks under torchrun" not in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 40
+    ref, _ = uninterrupted
+    a, b = module_state(ref / "checkpoints" / ck.tag_for(40)), module_state(out / "checkpoints" / ck.tag_for(40))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def test_torchrun_command():
     cmd = launch.torchrun_command(2, ["train", "--out", "runs/x"])
     assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "narvl",
                        "train", "--out", "runs/x"]
+
+
+def test_torchrun_env_shares_out_threads_and_finds_this_checkout():
+    env = launch.torchrun_env(2, {"OMP_NUM_THREADS": "8", "PYTHONPATH": "/x"})
+    assert env["OMP_NUM_THREADS"] == "4" and env[launch.SELF_LAUNCHED] == "1"
+    assert env["PYTHONPATH"].split(":") == [str(ROOT), "/x"]
+    assert launch.torchrun_env(4, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "1"
+    assert int(launch.torchrun_env(2, {})["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
 
 
 # --------------------------------------------------------------------------------------- batch and schedule
@@ -272,3 +281,21 @@ def test_other_kind_is_another_model(inputs, capsys, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_distilled_vqa_target_gets_weight_one_from_the_loader(inputs):
+    """The loader weights a VQA target by its soft score; a teacher answer outside the annotators' must not get 0."""
+    from narvl.data.loader import Collator
+    from narvl.data.tokenizer import Tokenizer
+    from narvl.train.distill import rewrite_meta
+
+    meta = {"id": "train_00000001", "task": "vqa", "prompt": "what colour is the square?", "target": "red",
+            "answers": ["red"] * 7 + ["blue"] * 3, "scores": {"red": 1.0, "blue": 0.9}}
+    new = rewrite_meta(meta, "green", "vqa")
+    assert new["target"] == "green" and new["original_target"] == "red"
+    assert new["original_scores"] == meta["scores"] and new["answers"] == meta["answers"]
+    collate = Collator(Tokenizer.load(inputs["tokenizer"]), "vqa", 32, 16, 4)
+    assert collate.target(meta)[1] == 1.0 and collate.target(dict(meta, target="green"))[1] == 0.0
+    assert collate.target(new)[1] == 1.0
+    caption = rewrite_meta({"target": "a red square", "references": ["x"]}, "a red circle", "caption")
+    assert caption == {"target": "a red circle", "original_target": "a red square", "references": ["x"]}

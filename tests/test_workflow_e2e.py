@@ -5,6 +5,7 @@ follows the default's keys; only sizes, steps and output folders change."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -158,7 +159,10 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
         assert (metrics["task"], metrics["split"], metrics["model"], metrics["decoder"]) == (t, s, m, d)
         assert metrics["metrics"], metrics
     table = (clone / "results/tables/main.md").read_text()
-    assert "nar-kd" in table.lower() or "NAR-KD" in table
+    assert "## Image captioning" in table and "NAR + KD" in table
+    with open(clone / "results/tables/main.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["task"], r["split"], r["model"], r["decoder"]) for r in rows if r["split"]} == set(cells)
     assert "narvl:results:start" in (clone / "tiny-README.md").read_text()
     assert (clone / "results/plots/gallery.png").stat().st_size > 0
 
@@ -173,14 +177,25 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     files = {Path(p).name for entry in listed.values() for p in entry["data"]}
     assert files == {f"{t}-{s}-{m}-{d}.json" for t, s, m, d in cells}
 
-    # 4. one decoding parameter: only the beam decodes, their scores, the benchmark and the report rerun
+    # 4. one scoring parameter: only the grounding scores and the report rerun
+    score = clone / "params/score.yaml"
+    original = score.read_text()
+    score.write_text(original.replace("iou_threshold: 0.5", "iou_threshold: 0.6"))
+    grounding = [c for c in cells if c[0] == "grounding"]
+    assert dry_run_rules(clone) == {"score_grounding": len(grounding), "report": 1, "all": 1}
+    score.write_text(original)
+    # one decoding parameter: the beam decodes, and the AR teacher's beam search, so the KD students and all their
+    # cells; nothing else (no shards, no AR or NAR training, no greedy decode of ar/nar)
     decode = clone / "params/decode.yaml"
     decode.write_text(decode.read_text().replace(f"beam_size: {TINY['decode']['beam_size']}", "beam_size: 3"))
     rerun = dry_run_rules(clone)
-    beam = [c for c in cells if c[3] == "beam"]
+    kd_tasks = sorted({c[0] for c in cells if c[2] == "nar-kd"})
+    changed = [c for c in cells if c[3] == "beam" or c[2] == "nar-kd"]
     scores = sum(n for r, n in rerun.items() if r.startswith("score_"))
-    assert rerun.pop("decode") == len(beam) and scores == len(beam), rerun
-    assert set(rerun) - {"score_caption", "score_vqa", "score_grounding"} == {"bench_decode", "report", "all"}
+    assert rerun.pop("decode") == len(changed) and scores == len(changed), rerun
+    assert {r: n for r, n in rerun.items() if not r.startswith("score_")} == {
+        "distill": len(kd_tasks), "train_kd": len(kd_tasks), "export": len(kd_tasks), "bench_decode": 1,
+        "report": 1, "all": 1}, rerun
     # a comment in a params file reruns nothing (params files count by their values, not their time stamps)
     decode.write_text(decode.read_text().replace("beam_size: 3", f"beam_size: {TINY['decode']['beam_size']}"))
     (clone / "params/train.yaml").write_text((clone / "params/train.yaml").read_text() + "# a comment\n")

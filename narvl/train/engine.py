@@ -7,8 +7,8 @@
     validate       loss and greedy exact match on a validation split (the model is in eval mode meanwhile)
 
 Exact match is computed from one forward pass: NAR collapses the argmax of each slot (greedy CTC decoding); AR
-compares the teacher-forced argmax with the target at every position including EOS, which holds exactly when
-greedy generation reproduces the target.
+compares the teacher-forced argmax (over the tokens generation may emit) with the target at every position
+including EOS, which holds exactly when greedy generation (within its length limit) reproduces the target.
 """
 
 from __future__ import annotations
@@ -99,7 +99,9 @@ def forward_loss(model: Callable[..., Tensor], batch: dict[str, Any], obj: Objec
         if with_match:
             t = gold.size(1)
             inside = torch.arange(t, device=gold.device)[None, :] < (lengths + 1)[:, None]
-            right = (logits.argmax(-1) == gold) | ~inside
+            scores = logits.detach().float().clone()
+            scores[..., [sp["pad"], sp["bos"], sp["blank"]]] = -torch.inf  # tokens generation never emits
+            right = (scores.argmax(-1) == gold) | ~inside
             stats["exact_match"] = float(right.all(dim=1).float().mean())
     return loss, stats
 

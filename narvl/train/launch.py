@@ -160,20 +160,29 @@ def torchrun_command(nproc: int, narvl_argv: list[str]) -> list[str]:
             "-m", "narvl", *narvl_argv]
 
 
-def exec_torchrun(nproc: int, narvl_argv: list[str]) -> None:
-    """Replace this process by torchrun running `narvl <argv>` on `nproc` local ranks (never returns).
+def torchrun_env(nproc: int, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the torchrun that narvl starts itself.
 
-    The ranks find this checkout of narvl through PYTHONPATH, and die with torchrun (see `die_with_parent`).
+    The ranks find this checkout of narvl through PYTHONPATH and share out the command's threads: OMP_NUM_THREADS
+    when set (Snakemake sets it to the job's threads), else the cores, divided by nproc (oversubscribed OpenMP
+    threads spin and can slow training many times over).
     """
-    env = dict(os.environ)
+    env = dict(environ)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env[SELF_LAUNCHED] = "1"
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    total = int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else (os.cpu_count() or 1)
+    env["OMP_NUM_THREADS"] = str(max(1, total // nproc))
+    return env
+
+
+def exec_torchrun(nproc: int, narvl_argv: list[str]) -> None:
+    """Replace this process by torchrun running `narvl <argv>` on `nproc` local ranks (never returns); the ranks
+    die with torchrun (see `die_with_parent`)."""
     cmd = torchrun_command(nproc, narvl_argv)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvpe(cmd[0], cmd, env)
+    os.execvpe(cmd[0], cmd, torchrun_env(nproc, os.environ))
 
 
 def die_with_parent() -> None:

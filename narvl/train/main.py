@@ -268,6 +268,14 @@ class BatchStream:
         return {"seed": self.seed, "consumed": self.consumed}
 
 
+def grad_norm_of(module) -> float:
+    """L2 norm of all gradients (before clipping)."""
+    import torch
+
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 class Trainer:
     def __init__(self, setup: Setup, rank: int, world: int, cuda: bool):
         self.s, self.rank, self.world, self.cuda = setup, rank, world, cuda
@@ -381,6 +389,8 @@ class Trainer:
                 ck.prune(ckpt_dir, train.keep_checkpoints)
             dist.barrier()
 
+        # DeepSpeed reports the gradient norm only through its ZeRO / mixed-precision optimizer wrappers
+        plain_fp32 = train.zero_stage == 0 and train.precision == "fp32"
         writer = None
         if rank == 0:
             writer = SummaryWriter(str(s.out / "tb"), purge_step=start if start else None)
@@ -394,10 +404,14 @@ class Trainer:
                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         while step < total:
             t0 = time.perf_counter()
-            for _ in range(train.grad_accum):
+            logging_step = (step + 1) % train.log_every == 0 or step + 1 == total
+            own_norm = None
+            for micro in range(train.grad_accum):
                 batch = to_device(next(stream), engine.device, dtype)
                 loss, stats = forward_loss(engine, batch, obj)
                 engine.backward(loss)
+                if logging_step and micro == train.grad_accum - 1 and plain_fp32:
+                    own_norm = grad_norm_of(engine.module)  # gradients are all-reduced by now, not yet clipped
                 engine.step()
                 window.add(stats)
             if self.cuda:
@@ -412,7 +426,7 @@ class Trainer:
                 terms = window.reduce(dist)
                 infeasible_total += terms.get("infeasible", 0.0)
                 samples_per_s = window_steps * train.global_batch / max(window_compute_s, 1e-9)
-                grad_norm = engine.get_global_grad_norm()
+                grad_norm = own_norm if plain_fp32 else engine.get_global_grad_norm()
                 lr = scheduler.get_last_lr()[0]
                 last_terms = dict(terms, lr=lr, samples_per_s=samples_per_s)
                 if writer is not None:
@@ -424,7 +438,7 @@ class Trainer:
                         writer.add_scalar("train/grad_norm", float(grad_norm), step)
                     writer.flush()
                 bar.set_postfix(loss=f"{terms.get('loss', math.nan):.4f}", lr=f"{lr:.2e}",
-                                sps=f"{samples_per_s:.1f}")
+                                sps=f"{samples_per_s:.1f}", refresh=False)
                 window_compute_s, window_steps = 0.0, 0
             if train.val_every and step % train.val_every == 0 and step < total:
                 run_validation(step)

@@ -35,7 +35,7 @@ rule shard_karpathy:
     params:
         annotations=raw_path("annotations"),
         images=raw_path("images"),
-        values=lambda w: values("data.shard", task=w.task),
+        values=lambda w: values("data.shard", task=w.task, drop=("data.shard.workers",)),
     log:
         logfile("data/shard-{task}"),
     threads: RES["data"]["threads"]
@@ -61,7 +61,7 @@ rule shard_vqav2:
         questions=raw_path("questions"),
         annotations=raw_path("annotations"),
         images=raw_path("images"),
-        values=lambda w: values("data.shard", task=w.task),
+        values=lambda w: values("data.shard", task=w.task, drop=("data.shard.workers",)),
     log:
         logfile("data/shard-{task}"),
     threads: RES["data"]["threads"]
@@ -88,7 +88,7 @@ rule shard_refer:
         refs=raw_path("refs"),
         instances=raw_path("instances"),
         images=raw_path("images"),
-        values=lambda w: values("data.shard", task=w.task),
+        values=lambda w: values("data.shard", task=w.task, drop=("data.shard.workers",)),
     log:
         logfile("data/shard-{task}"),
     threads: RES["data"]["threads"]
@@ -113,7 +113,7 @@ rule shard_ofa_tsv:
         task=tasks_in_format("ofa-tsv"),
     params:
         split_files=lambda w: [f"{split}={path}" for split, path in _lookup("tsv", w, None).items()],
-        values=lambda w: values("data.shard", task=w.task),
+        values=lambda w: values("data.shard", task=w.task, drop=("data.shard.workers",)),
     log:
         logfile("data/shard-{task}"),
     threads: RES["data"]["threads"]

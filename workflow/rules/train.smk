@@ -9,7 +9,8 @@
 # srun prefix (docs/workflow.md, "Slurm"): the command then runs as one rank per srun task.
 
 TRAIN_VALUES_DROP = (  # keys `narvl train` does not read (distill_tasks decides which students exist: the DAG)
-    "train.distill_tasks", "data.loader.bench_micro_batch", "data.loader.bench_batches")
+    "train.distill_tasks", "train.bench_steps", "train.bench_nprocs", "data.loader.bench_micro_batch",
+    "data.loader.bench_batches")
 DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "data.loader.bench_micro_batch",
                        "data.loader.bench_batches")
 
