@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from narvl import params
+
 from narvl.cli import main as cli_main
 from narvl.data.tokenizer import SPECIALS, Tokenizer
 from narvl.errors import NarvlError
@@ -82,7 +84,7 @@ def test_tokenizer_command_trains_on_the_train_split_of_shard_folders(tmp_path):
     assert cli_main(["tokenizer", "--params", "params/data.yaml", "--shards", str(tmp_path / "caption"),
                      str(tmp_path / "vqa"), "--out", str(out)]) == 0
     tok = Tokenizer.load(out)
-    assert tok.num_bins == 100 and tok.blank_id == 4
+    assert tok.num_bins == params.load("params/data.yaml").tokenizer.num_bins and tok.blank_id == 4
     vocab = json.loads(out.read_text())["model"]["vocab"]
     # words of the train split's captions and questions became single tokens; a test-split-only word did not
     assert "Ġsquare" in vocab and "Ġboxes" in vocab
@@ -109,7 +111,8 @@ def test_from_gpt2_tiny_vocab_and_merges(tmp_path):
     assert cli_main(["tokenizer", "--params", "params/data.yaml", "--gpt2", str(tmp_path / "vocab.json"),
                      str(tmp_path / "merges.txt"), "--out", str(out)]) == 0
     converted = Tokenizer.load(out)
-    assert converted.num_bins == 100 and converted.encode("abc") == [5 + 100 + vocab["Ġabc"]]
+    bins = params.load("params/data.yaml").tokenizer.num_bins
+    assert converted.num_bins == bins and converted.encode("abc") == [5 + bins + vocab["Ġabc"]]
     (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ a\nx y\n", encoding="utf-8")
     with pytest.raises(NarvlError, match=r"merges\.txt: line 3: token 'x' is not in"):
         Tokenizer.from_gpt2(tmp_path / "vocab.json", tmp_path / "merges.txt", num_bins=8)
