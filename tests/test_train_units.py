@@ -105,6 +105,9 @@ def test_torchrun_env_shares_out_threads_and_finds_this_checkout():
     assert env["OMP_NUM_THREADS"] == "4" and env[launch.SELF_LAUNCHED] == "1"
     assert env["PYTHONPATH"].split(":") == [str(ROOT), "/x"]
     assert launch.torchrun_env(4, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "1"
+    # Snakemake sets MKL/OpenBLAS threads to the job's threads too: each rank must get its share of every pool
+    shared = launch.torchrun_env(2, {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
+    assert all(shared[var] == "1" for var in launch.THREAD_VARS)
     assert int(launch.torchrun_env(2, {})["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2)
 
 
