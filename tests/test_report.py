@@ -252,3 +252,15 @@ def test_training_table_from_summaries(workspace):
     rows = list(csv.DictReader(io.StringIO((workspace["out"] / "tables" / "main.csv").read_text())))
     got = {(r["model"], r["quantity"]): r["value"] for r in rows if r["quantity"].startswith("train:")}
     assert got[("caption-nar", "train:final.loss")] == "0.123456" and got[("caption-nar", "train:steps")] == "50"
+
+
+def test_explicit_metrics_files_leave_other_cells_out(tmp_path):
+    """The workflow passes the cells it built: a leftover file in the same folder must not enter the tables."""
+    make_metrics(tmp_path / "m", random.Random(2))
+    every = load_metrics(tmp_path / "m")
+    chosen = sorted((tmp_path / "m").glob("caption-*.json"))
+    cells = load_metrics(chosen)
+    assert {c.path for c in cells} == set(chosen) and len(cells) < len(every)
+    assert {c.task for c in cells} == {"caption"}
+    with pytest.raises(NarvlError, match="no such metrics folder or file"):
+        load_metrics(tmp_path / "absent")

@@ -42,12 +42,18 @@ class Cell:
     path: Path
 
 
-def load_metrics(folder: str | Path) -> list[Cell]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise NarvlError(f"{folder}: no such metrics folder")
+def load_metrics(source: str | Path | list[str | Path]) -> list[Cell]:
+    """Metrics cells from a list of files, or from every *.json of one folder. The workflow passes the files of the
+    cells it built, so metrics left over from another configuration never enter the tables."""
+    if isinstance(source, (str, Path)):
+        source = [source]
+    paths = [Path(p) for p in source]
+    if len(paths) == 1 and paths[0].is_dir():
+        paths = sorted(paths[0].glob("*.json"))
+    elif len(paths) == 1 and not paths[0].exists():
+        raise NarvlError(f"{paths[0]}: no such metrics folder or file")
     cells = []
-    for path in sorted(folder.glob("*.json")):
+    for path in paths:
         data = read_json(path)
         try:
             cell = Cell(task=data["task"], split=data["split"], model=data["model"], decoder=data["decoder"],

@@ -33,7 +33,8 @@ GALLERY_SAMPLES = 4  # samples per task in the gallery (presentation only)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metrics", required=True, type=Path, help="folder of metrics cells (narvl score)")
+    parser.add_argument("--metrics", required=True, type=Path, nargs="+",
+                        help="metrics cells (narvl score): the files, or one folder whose *.json are all read")
     parser.add_argument("--bench", required=True, type=Path, help="decoding benchmark JSON (narvl bench decode)")
     parser.add_argument("--runs", required=True, type=Path, help="training runs folder (tensorboard logs in */tb)")
     parser.add_argument("--predictions", required=True, type=Path, help="predictions folder (for the gallery)")

@@ -22,7 +22,6 @@ rule report:
         quality_speed=report(f"{RESULTS}/plots/quality_speed.png", caption="../report/plots.rst", category="Plots"),
         gallery=report(f"{RESULTS}/plots/gallery.png", caption="../report/gallery.rst", category="Gallery"),
     params:
-        metrics=folder_of("metrics"),
         runs=folder_of("summaries", levels=2),
         predictions=folder_of("predictions"),
         shards=folder_of("shards"),
@@ -34,6 +33,6 @@ rule report:
         mem_mb=RES["report"]["mem_mb"],
         runtime=RES["report"]["runtime"],
     shell:
-        "python -m narvl report --metrics {params.metrics} --bench {input.bench} --runs {params.runs}"
+        "python -m narvl report --metrics {input.metrics} --bench {input.bench} --runs {params.runs}"
         " --predictions {params.predictions} --shards {params.shards} --out {params.out}"
         " --readme {input.readme:q} > {log} 2>&1"
