@@ -142,6 +142,7 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     doc["pipeline"]["readme"] = "tiny-README.md"
     (clone / "params/pipeline.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     (clone / "tiny-README.md").write_text(README)
+    shutil.rmtree(clone / "results", ignore_errors=True)  # the committed results belong to the default configuration
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     run("git", "init", "-q", cwd=clone)
     run("git", "add", "-A", cwd=clone)
