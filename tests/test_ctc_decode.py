@@ -138,3 +138,32 @@ def test_beam_over_candidate_symbols_equals_full_vocabulary_search(seed):
         want = textbook_prefix_beam(lp, 3, beam)
         assert [ids for ids, _ in got] == [ids for ids, _ in want]
         assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_beam_on_a_batch_equals_per_item_textbook_search(seed):
+    """One call over a batch of items of different lengths gives each item its own full-vocabulary search."""
+    torch.manual_seed(seed)
+    lp = (torch.randn(6, 8, 12) * 2).log_softmax(-1)
+    lp[..., 0] += 1.0
+    lp = lp.log_softmax(-1)
+    lengths = [8, 1, 5, 8, 0, 3]
+    for beam in (1, 3, 5):
+        got = beam_search(lp, 0, beam, lengths=lengths)
+        for i, n in enumerate(lengths):
+            want = textbook_prefix_beam(lp[i, :n], 0, beam) if n else [([], 0.0)]
+            assert [ids for ids, _ in got[i]] == [ids for ids, _ in want]
+            assert [s for _, s in got[i]] == pytest.approx([s for _, s in want], abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vectorised_greedy_equals_collapse_per_item(seed):
+    """Logits or log-probabilities, lengths and EOS: the batch pass equals collapsing each item's argmax."""
+    torch.manual_seed(seed)
+    logits = torch.randn(16, 10, 6) * 3
+    lengths = torch.randint(0, 11, (16,))
+    for eos in (None, 2):
+        got = greedy_decode(logits, blank=0, eos=eos, lengths=lengths)
+        assert got == greedy_decode(logits.log_softmax(-1), blank=0, eos=eos, lengths=lengths)
+        best = logits.argmax(-1).tolist()
+        assert got == [collapse(row[:n], 0, eos) for row, n in zip(best, lengths.tolist())]

@@ -1,6 +1,6 @@
 """CTC decoding of the NAR model's N slot distributions.
 
-    greedy_decode(log_probs, blank, eos=None, lengths=None)  per-slot argmax, merge repeats, drop blanks
+    greedy_decode(scores, blank, eos=None, lengths=None)     per-slot argmax, merge repeats, drop blanks (vectorised)
     beam_search(log_probs, blank, beam_size, lengths=None)   CTC prefix beam search (blank / non-blank split)
     box_tokens(ids, bin_start, num_bins, slot_log_probs)     exactly 4 location tokens for grounding
 
@@ -10,6 +10,7 @@ result, a (B, T, V) input a list. `lengths` (B,) ignores frames past each item's
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -46,11 +47,25 @@ def _batched(log_probs: Tensor, lengths) -> tuple[Tensor, list[int], bool]:
     return log_probs, lens, single
 
 
-def greedy_decode(log_probs: Tensor, blank: int, eos: int | None = None, lengths=None):
-    """-> token ids (list[int]) for a (T, V) input, list of them for (B, T, V)."""
-    log_probs, lens, single = _batched(log_probs, lengths)
-    best = log_probs.argmax(-1).tolist()  # (B, T)
-    out = [collapse(row[:n], blank, eos) for row, n in zip(best, lens)]
+def greedy_decode(scores: Tensor, blank: int, eos: int | None = None, lengths=None):
+    """-> token ids (list[int]) for a (T, V) input, list of them for (B, T, V).
+
+    `scores` may be logits or log-probabilities: the per-slot argmax is the same, so callers skip the log-softmax.
+    One vectorised pass over the batch: keep a frame when it is no blank, differs from the frame before it and lies
+    within the item's length; with `eos`, drop the first kept EOS and everything after it.
+    """
+    scores, lens, single = _batched(scores, lengths)
+    best = scores.argmax(-1)  # (B, T)
+    b, t = best.shape
+    keep = best != blank
+    keep[:, 1:] &= best[:, 1:] != best[:, :-1]
+    if lengths is not None:
+        keep &= torch.arange(t, device=best.device)[None, :] < torch.tensor(lens, device=best.device)[:, None]
+    if eos is not None:
+        keep &= (keep & (best == eos)).cumsum(1) == 0
+    flat, counts = best[keep].tolist(), keep.sum(1).tolist()
+    ends = list(itertools.accumulate(counts))
+    out = [flat[e - n:e] for e, n in zip(ends, counts)]
     return out[0] if single else out
 
 

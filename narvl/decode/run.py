@@ -10,8 +10,9 @@ Reads: the model file (`narvl export`: kind, task, arch, step, tokenizer referen
 
 Decoding:
   AR   `ARModel.generate` (beam_size 1 for greedy, decode.beam_size for beam; decode.max_len[task] tokens at most).
-  NAR  `NARModel.forward` -> log-softmax over the N slots -> `narvl.decode.ctc.greedy_decode` (collapse repeats,
-       drop blanks) or `beam_search` (CTC prefix beam search, decode.beam_size); output cut at the first EOS.
+  NAR  `NARModel.forward` -> `narvl.decode.ctc.greedy_decode` on the logits (per-slot argmax, collapse repeats,
+       drop blanks) or log-softmax + `beam_search` (CTC prefix beam search, decode.beam_size); output cut at the
+       first EOS.
   Captions and answers are the tokenizer's `decode` of the ids. Grounding takes 4 location tokens
   (`narvl.decode.ctc.box_tokens`: the first 4 decoded, else for NAR the 4 most confident slots), turns them into a box
   in resized pixels over the canvas side max(size) (`Tokenizer.tokens_to_box`), then into original pixels by
@@ -91,9 +92,11 @@ def predict_batch(model, batch: dict[str, Any], task: str, tokenizer, decoder: s
         beam = 1 if decoder == "greedy" else decode_params.beam_size
         seqs = model.generate(images, src, mask, decode_params.max_len[task], beam, decode_params.length_penalty)
     else:
-        slot_lp = F.log_softmax(model(images, src, mask).float(), dim=-1)  # (B, N, V)
-        if decoder == "greedy":
-            seqs = greedy_decode(slot_lp, tokenizer.blank_id, eos)
+        logits = model(images, src, mask).float()  # (B, N, V)
+        if decoder != "greedy" or task == "grounding":  # beam search and the box fallback need log-probabilities
+            slot_lp = F.log_softmax(logits, dim=-1)
+        if decoder == "greedy":  # the per-slot argmax of the logits is that of the log-probabilities
+            seqs = greedy_decode(logits, tokenizer.blank_id, eos)
         else:
             seqs = [hyps[0][0] for hyps in beam_search(slot_lp, tokenizer.blank_id, decode_params.beam_size)]
     seqs = [s[:s.index(eos)] if eos in s else s for s in (list(map(int, s)) for s in seqs)]
