@@ -188,7 +188,8 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refuses to load {module}.{name}: the refs file should hold only plain data")
 
 
-def _load_refs(path: Path) -> list:
+def load_refs(path: Path) -> list:
+    """The refer toolkit's refs pickle, read with _PlainUnpickler (`narvl shard` and `narvl score grounding`)."""
     try:
         blob = path.read_bytes()
     except FileNotFoundError as e:
@@ -211,7 +212,7 @@ def _load_refs(path: Path) -> list:
 
 def read_refer(refs_path: Path, instances_path: Path, images: Path) -> list[Record]:
     """RefCOCO/+/g: one sample per sentence; the box is the referred instance's bbox, the image instances' file."""
-    refs = _load_refs(refs_path)
+    refs = load_refs(refs_path)
     inst = _load_json(instances_path)
     image_files: dict[int, tuple[str, int, int]] = {}
     for i, img in enumerate(_get(inst, "images", list, instances_path, "top level")):

@@ -30,7 +30,7 @@ from narvl.data import images as imglib
 from narvl.data.readers import Record, read_karpathy, read_ofa_tsv, read_refer, read_vqav2
 from narvl.data.tokenizer import bins_string, box_to_bins
 from narvl.errors import NarvlError
-from narvl.io import atomic_path, read_json, write_json
+from narvl.io import atomic_path, check_output, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +133,18 @@ def _prepared(records: Iterable[Record], longest: int, quality: int, workers: in
             yield from ((rec, image) for rec in group)
 
 
-def write_shards(records: Iterable[Record], task: str, data_params, out: Path, total: int | None = None) -> dict:
-    """Write records into OUT (atomically, the whole folder) and return the sizes.json content."""
+def write_shards(records: Iterable[Record], task: str, data_params, out: Path, total: int | None = None,
+                 inputs: Iterable[Path] = ()) -> dict:
+    """Write records into OUT (atomically, the whole folder) and return the sizes.json content.
+
+    OUT may be new, empty, or an earlier output of narvl (narvl.io.atomic_path); it must not hold any of `inputs`.
+    """
     shard_params = data_params.shard
     if task not in shard_params.image_size:
         raise NarvlError(f"data.shard.image_size has no entry for task '{task}'")
     longest = shard_params.image_size[task]
     num_bins = data_params.tokenizer.num_bins
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, inputs=inputs) as tmp:
         writers: dict[str, _SplitWriter] = {}
         try:
             prepared = _prepared(records, longest, shard_params.jpeg_quality, shard_params.workers)
@@ -185,6 +189,9 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     data_params = params_mod.load(args.params, "data")
+    inputs = [args.params, *(args.annotations or ()), *(args.questions or ()), args.refs, args.instances,
+              args.images, *(Path(spec.partition("=")[2]) for spec in args.tsv or ())]
+    check_output(args.out, is_dir=True, inputs=inputs)  # before reading anything: a refused --out costs nothing
     expected = FORMATS[args.format]
     if expected is not None and expected != args.task:
         raise NarvlError(f"--format {args.format} holds {expected} data, not --task {args.task}")
@@ -222,7 +229,7 @@ def main(args: argparse.Namespace) -> int:
                 yield from read_ofa_tsv(args.task, split, file)
 
         records = chained()
-    write_shards(records, args.task, data_params, args.out, total=total)
+    write_shards(records, args.task, data_params, args.out, total=total, inputs=inputs)
     return 0
 
 

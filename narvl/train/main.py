@@ -38,7 +38,7 @@ from typing import Any
 
 from narvl import params as P
 from narvl.errors import NarvlError
-from narvl.io import read_json, write_json
+from narvl.io import read_json, restricted_torch_loads, write_json
 from narvl.train import checkpoint as ck
 from narvl.train import launch
 from narvl.train.config import WarmupCosine, check_train_params
@@ -316,7 +316,15 @@ class Trainer:
                             stale, ck.MARKER)
                 shutil.rmtree(stale, ignore_errors=True)
         dist.barrier()
-        latest = ck.latest_complete(ckpt_dir)
+        allow = ck.deepspeed_allow()
+        latest, broken = ck.latest_readable(ckpt_dir, allow)  # every rank checks: all agree, none waits on rank 0
+        dist.barrier()
+        if rank == 0:
+            for tag_dir, why in broken:
+                log.warning("ignoring checkpoint %s: %s; falling back to the previous complete checkpoint and "
+                            "removing it", tag_dir, why)
+                (tag_dir / ck.MARKER).unlink(missing_ok=True)  # unmark first, as ck.prune does
+                shutil.rmtree(tag_dir, ignore_errors=True)
         history = {"wall_s": 0.0, "infeasible_total": 0.0, "samples_seen": 0}
         if latest is None:
             start, seed, skip = 0, train.seed, 0
@@ -326,7 +334,8 @@ class Trainer:
                 ck.write_run_info(ckpt_dir, info)
         else:
             step, tag_dir = latest
-            load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag_dir.name)
+            with restricted_torch_loads(allow):  # DeepSpeed's own torch.load calls pass weights_only=False
+                load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag_dir.name)
             if load_path is None:
                 raise NarvlError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
             if engine.global_steps != step:
