@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import re
 from collections import OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -90,7 +91,7 @@ class _SplitWriter:
 
 
 def _check_key_part(split: str) -> str:
-    if not split or "." in split or "/" in split:
+    if not split or "." in split or "/" in split or "\\" in split:
         raise NarvlError(f"split name {split!r}: must be non-empty, without dots or slashes")
     return split
 
@@ -233,9 +234,32 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_sizes(shard_dir: Path) -> dict:
-    """sizes.json of a shard folder, checked."""
+def read_sizes(shard_dir: Path, task: str | None = None) -> dict:
+    """sizes.json of a shard folder, checked: the one reader of shard folders.
+
+    Every split name is a key part (no dots or slashes) and every shard name is exactly `<task>-<split>-%06d.tar`
+    of that split (so no name reaches outside the folder); with `task`, every shard is one of that task's.
+    """
     path = Path(shard_dir) / "sizes.json"
     if not path.is_file():
-        raise NarvlError(f"{path}: no such file (is {shard_dir} a shard folder made by `narvl shard`?)")
-    return read_json(path)
+        raise NarvlError(f"{path}: missing (is {shard_dir} a shard folder made by `narvl shard`?)")
+    sizes = read_json(path)
+    if not isinstance(sizes, dict):
+        raise NarvlError(f"{path}: expected a mapping of split -> {{shards, samples, ...}}")
+    for split, entry in sizes.items():
+        try:
+            _check_key_part(split)
+        except NarvlError as e:
+            raise NarvlError(f"{path}: {e}") from e
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) or "samples" not in entry:
+            raise NarvlError(f"{path}: split '{split}': expected {{\"shards\": [...], \"samples\": N, ...}}")
+        pattern = re.compile(rf"(?P<task>{'|'.join(params_mod.TASKS)})-{re.escape(split)}-\d{{6}}\.tar")
+        for name in entry["shards"]:
+            m = pattern.fullmatch(name) if isinstance(name, str) else None
+            if m is None:
+                raise NarvlError(f"{path}: split '{split}': shard name {name!r} is not <task>-{split}-NNNNNN.tar "
+                                 f"(a shard folder lists only its own files, by name)")
+            if task is not None and m["task"] != task:
+                raise NarvlError(f"{path}: split '{split}': shard {name} is not a '{task}' shard but a {m['task']} "
+                                 f"one (a {task} model, or --task {task}, on another task's shards?)")
+    return sizes

@@ -97,7 +97,9 @@ def load_refer(refs_path: str | Path, instances_path: str | Path, split: str) ->
 def load_shards(shard_dir: str | Path, split: str) -> tuple[list[RefItem], dict]:
     """Ground truth from the shards' sample JSON; returns the items and the split's sizes.json entry."""
     shard_dir = Path(shard_dir)
-    sizes = read_json(shard_dir / "sizes.json")
+    from narvl.data.shard import read_sizes
+
+    sizes = read_sizes(shard_dir, "grounding")
     if split not in sizes:
         raise NarvlError(f"{shard_dir / 'sizes.json'}: no split '{split}' (has: {', '.join(sorted(sizes))})")
     entry = sizes[split]

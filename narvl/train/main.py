@@ -38,7 +38,7 @@ from typing import Any
 
 from narvl import params as P
 from narvl.errors import NarvlError
-from narvl.io import read_json, restricted_torch_loads, write_json
+from narvl.io import restricted_torch_loads, write_json
 from narvl.train import checkpoint as ck
 from narvl.train import launch
 from narvl.train.config import WarmupCosine, check_train_params
@@ -102,12 +102,10 @@ def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
     """sizes.json exists, lists every split with samples, and the listed shards exist and belong to `task`."""
     if not shards.is_dir():
         raise NarvlError(f"{shards}: no such shard folder (made by `narvl shard` or `narvl distill`)")
+    from narvl.data.shard import read_sizes
+
     sizes_path = shards / "sizes.json"
-    if not sizes_path.is_file():
-        raise NarvlError(f"{sizes_path}: missing; a shard folder has sizes.json beside its .tar files")
-    sizes = read_json(sizes_path)
-    if not isinstance(sizes, dict):
-        raise NarvlError(f"{sizes_path}: expected a mapping of split -> {{shards, samples, ...}}")
+    sizes = read_sizes(shards, task)  # every listed name is one of this task's shard names, inside the folder
     for split in splits:
         entry = sizes.get(split)
         if not isinstance(entry, dict) or "shards" not in entry or "samples" not in entry:
@@ -116,9 +114,6 @@ def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
         if int(entry["samples"]) < 1 or not entry["shards"]:
             raise NarvlError(f"{sizes_path}: split '{split}' has no samples")
         for name in entry["shards"]:
-            if not str(name).startswith(f"{task}-"):
-                raise NarvlError(f"{sizes_path}: split '{split}': shard {name} is not a '{task}' shard "
-                                 f"(--task {task} with shards of another task?)")
             if not (shards / name).is_file():
                 raise NarvlError(f"{sizes_path}: split '{split}': shard {shards / name} is missing")
     return sizes
