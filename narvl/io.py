@@ -101,12 +101,16 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False, overwrite: boo
     _check_parent(path)
     remove_leftovers(path)
     prefix = f".{path.name}.{os.getpid()}."
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    try:
+        if is_dir:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:
+        _no_space(path, e)
+        raise
     try:
         if is_dir and marker:
             (tmp / OUTPUT_MARKER).write_text("written by narvl: a rerun of the same command may replace this folder\n")
@@ -127,10 +131,15 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False, overwrite: boo
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
-        if isinstance(e, OSError) and e.errno in NO_SPACE:
-            raise NarvlError(f"{path}: no space left on the device while writing it ({os.strerror(e.errno)}); "
-                             "nothing was replaced: free space and run again") from e
+        if isinstance(e, OSError):
+            _no_space(path, e)
         raise
+
+
+def _no_space(path: Path, e: OSError) -> None:
+    if e.errno in NO_SPACE:
+        raise NarvlError(f"{path}: no space left on the device while writing it ({os.strerror(e.errno)}); "
+                         "nothing was replaced: free space and run again") from e
 
 
 def json_bytes(obj: Any, *, indent: int | None = 2) -> bytes:
@@ -211,10 +220,11 @@ def load_torch_file(path: str | os.PathLike, *, allow: Iterable[Any] = (), map_l
     except FileNotFoundError as e:
         raise NarvlError(f"{path}: no such file") from e
     except pickle.UnpicklingError as e:
+        refused = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(e))
+        if refused:
+            raise NarvlError(f"{path}: refused to load: it holds a {refused[1]} object, which is neither a tensor "
+                             "nor plain data and could run code") from e
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Unsupported global" in str(e):
-            raise NarvlError(f"{path}: refused to load: it holds objects other than tensors and plain data, which "
-                             f"could run code ({first})") from e
         raise UnreadableFile(f"{path}: truncated or corrupt torch file ({first})") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

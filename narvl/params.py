@@ -9,7 +9,8 @@
 
 Every value lives in exactly one place: the YAML file (the dataclasses below have no defaults; the architecture
 presets are the one exception, defined here and selected by name). A file that misses a key, names a key the
-dataclass does not have, or gives a value of the wrong type fails with an error naming the file and the dotted key.
+dataclass does not have, gives a key twice, gives a value of the wrong type or a non-finite number, or misspells a
+task in a per-task mapping (`steps: {captoin: 5}`) fails with an error naming the file and the dotted key.
 Code that needs variants (tests, benchmarks) loads the files and uses `dataclasses.replace`.
 """
 

@@ -102,21 +102,22 @@ def deepspeed_allow() -> list[type]:
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
-def check_files(tag_dir: Path, allow: list[type]) -> None:
-    """Load every torch file of a checkpoint folder safely (memory-mapped: cheap): UnreadableFile names a truncated
-    or corrupt one, NarvlError one that holds objects outside `allow`."""
-    for path in sorted(tag_dir.rglob("*.pt")):
+def check_files(tag_dir: Path, allow: list[type], ranks: bool = True) -> None:
+    """Load the torch files of a checkpoint folder safely (memory-mapped: cheap), DeepSpeed's and with `ranks` the
+    per-rank states: UnreadableFile names a truncated or corrupt one, NarvlError one with objects outside `allow`."""
+    for path in sorted(tag_dir.glob("*.pt")) + (sorted(tag_dir.glob("ranks/*.pt")) if ranks else []):
         load_torch_file(path, allow=allow, mmap=True)
 
 
-def latest_readable(ckpt_dir: Path, allow: list[type]) -> tuple[tuple[int, Path] | None, list[tuple[Path, str]]]:
-    """The newest complete checkpoint whose files all load, and the newer complete ones that did not
+def latest_readable(ckpt_dir: Path, allow: list[type],
+                    ranks: bool = True) -> tuple[tuple[int, Path] | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint whose files all load (check_files), and the newer complete ones that did not
     [(folder, the error naming the file)]."""
     complete, _ = checkpoints(ckpt_dir)
     broken = []
     for step, tag_dir in reversed(complete):
         try:
-            check_files(tag_dir, allow)
+            check_files(tag_dir, allow, ranks)
         except UnreadableFile as e:
             broken.append((tag_dir, str(e)))
             continue

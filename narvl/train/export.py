@@ -71,7 +71,7 @@ def export(run: Path, out: Path) -> dict[str, Any]:
 
     ckpt_dir = run / "checkpoints"
     info = ck.read_run_info(ckpt_dir)
-    latest, broken = ck.latest_readable(ckpt_dir, ck.deepspeed_allow())  # checks every file before DeepSpeed reads
+    latest, broken = ck.latest_readable(ckpt_dir, ck.deepspeed_allow(), ranks=False)  # before DeepSpeed reads
     for tag_dir, why in broken:
         log.warning("skipping checkpoint %s: %s; exporting the previous complete checkpoint", tag_dir, why)
     if info is None or latest is None:
