@@ -9,7 +9,8 @@
 
 Every value lives in exactly one place: the YAML file (the dataclasses below have no defaults; the architecture
 presets are the one exception, defined here and selected by name). A file that misses a key, names a key the
-dataclass does not have, or gives a value of the wrong type fails with an error naming the file and the dotted key.
+dataclass does not have, gives a key twice, gives a value of the wrong type or a non-finite number, or misspells a
+task in a per-task mapping (`steps: {captoin: 5}`) fails with an error naming the file and the dotted key.
 Code that needs variants (tests, benchmarks) loads the files and uses `dataclasses.replace`.
 """
 
@@ -19,6 +20,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ import yaml
 from narvl.errors import NarvlError
 
 TASKS = ("caption", "vqa", "grounding")
+Task = Literal["caption", "vqa", "grounding"]  # the key type of per-task mappings: a misspelt task is an error
 Task = Literal["caption", "vqa", "grounding"]
 Kind = Literal["ar", "nar"]
 
@@ -69,7 +72,7 @@ class ShardParams:
     """`narvl shard`: image resizing and shard size."""
 
     # longest image side after resizing, per task (the paper: 480 caption/VQA, 512 grounding)
-    image_size: dict[str, int]
+    image_size: dict[Task, int]
     samples_per_shard: int
     jpeg_quality: int
     workers: int  # processes that decode and resize images (0: none besides the main one); output is identical
@@ -87,7 +90,7 @@ class LoaderParams:
     num_workers: int
     shuffle_buffer: int
     max_source_len: int  # text tokens fed to the encoder, <bos> and <eos> included
-    max_target_len: dict[str, int]
+    max_target_len: dict[Task, int]
     bench_micro_batch: int  # `narvl bench data`: batch size and timed batches per worker count
     bench_batches: int
 
@@ -141,7 +144,7 @@ class ModelParams:
     # fields of ArchParams to change on top of the preset, e.g. {dropout: 0.0}
     overrides: dict[str, Any]
     # N learnable query slots of the NAR decoder per task (the paper: 20 caption, 6 VQA, 5 grounding, 3 entailment)
-    num_queries: dict[str, int]
+    num_queries: dict[Task, int]
 
     def arch(self) -> ArchParams:
         known = {f.name for f in dataclasses.fields(ArchParams)}
@@ -157,7 +160,7 @@ class ModelParams:
 class TrainParams:
     seed: int
     nproc: int  # data-parallel processes on one node (CPU: gloo; GPU: nccl, one per GPU)
-    steps: dict[str, int]
+    steps: dict[Task, int]
     global_batch: int  # must equal micro_batch * grad_accum * world size
     micro_batch: int
     grad_accum: int
@@ -181,9 +184,9 @@ class TrainParams:
     log_every: int
     val_every: int  # validation loss/metric every K steps (0: only at the end)
     val_batches: int  # validation batches (of micro_batch samples) per evaluation
-    val_split: dict[str, str]  # per task: the split validated on during training
+    val_split: dict[Task, str]  # per task: the split validated on during training
     # knowledge distillation: NAR students trained on AR-teacher outputs for these tasks
-    distill_tasks: list[str]
+    distill_tasks: list[Task]
     # `narvl bench train`: steps per measurement and the process counts compared (micro_batch per process fixed)
     bench_steps: int
     bench_nprocs: list[int]
@@ -195,7 +198,7 @@ class DecodeParams:
     batch_size: int
     beam_size: int
     length_penalty: float
-    max_len: dict[str, int]
+    max_len: dict[Task, int]
     bench_batch_sizes: list[int]
     bench_repeats: int
 
@@ -221,10 +224,10 @@ class PipelineParams:
     """
 
     source: Literal["default", "real"]  # default: `narvl synth` makes raw_dir; real: the files named in `real`
-    tasks: list[str]
+    tasks: list[Task]
     kinds: list[str]
     decoders: list[str]
-    eval_splits: dict[str, list[str]]
+    eval_splits: dict[Task, list[str]]
     raw_dir: str
     shards_dir: str
     kd_shards_dir: str  # AR-teacher outputs for sequence-level KD (tasks in train.distill_tasks)
@@ -236,7 +239,7 @@ class PipelineParams:
     # per rule group (data, train, distill, decode, score, bench, report): threads, mem_mb, runtime (minutes), gpu
     resources: dict[str, dict[str, int | str]]
     # source: real -> per task: the raw files to shard and the files to score against (paths on disk)
-    real: dict[str, dict[str, Any]]
+    real: dict[Task, dict[str, Any]]
 
 
 STAGES: dict[str, type] = {
@@ -272,7 +275,8 @@ def _convert(tp: Any, value: Any, where: str, path: str) -> Any:
         return _build(tp, value, where, path)
     if origin is Literal:
         if value not in args:
-            raise NarvlError(f"{path}: {where}: {value!r} is not one of {', '.join(map(repr, args))}")
+            hint = _suggest(value, map(str, args)) if isinstance(value, str) else ""
+            raise NarvlError(f"{path}: {where}: {value!r} is not one of {', '.join(map(repr, args))}{hint}")
         return value
     if origin in (typing.Union, types.UnionType):
         for option in args:
@@ -293,11 +297,13 @@ def _convert(tp: Any, value: Any, where: str, path: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise NarvlError(f"{path}: {where}: expected a mapping, got {type(value).__name__} {value!r}")
-        return {_convert(args[0], k, f"{where} key", path): _convert(args[1], v, f"{where}.{k}", path)
+        return {_convert(args[0], k, f"{where}.{k} (key)", path): _convert(args[1], v, f"{where}.{k}", path)
                 for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise NarvlError(f"{path}: {where}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):
+            raise NarvlError(f"{path}: {where}: {value!r} is not a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -325,6 +331,22 @@ def _build(cls: type[T], values: dict[str, Any], where: str, path: str) -> T:
     return cls(**kwargs)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (line {line}; first given on line {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | Path, stage: str | None = None) -> Any:
     """Load `params/<stage>.yaml` into its dataclass. `stage` defaults to the file's stem."""
     path = Path(path)
@@ -335,8 +357,14 @@ def load(path: str | Path, stage: str | None = None) -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise NarvlError(f"{path}: no such parameter file") from e
+    except IsADirectoryError as e:
+        raise NarvlError(f"{path}: is a folder; this option takes the parameter file, e.g. "
+                         f"{path / f'{stage}.yaml'}") from e
+    except NotADirectoryError as e:
+        raise NarvlError(f"{path}: {path.parent} is a file; this option takes the parameter folder, e.g. "
+                         f"{path.parent.parent}") from e
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise NarvlError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(doc, dict) or set(doc) != {stage}:

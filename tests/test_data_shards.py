@@ -216,7 +216,7 @@ def test_image_worker_processes_give_the_same_bytes(raw, tmp_path):
         sizes = write_shards(records, "grounding", p, outs[workers])
     assert sizes["testB"]["skipped"] == 6 and sizes["testA"]["samples"] == 6
     names = sorted(p.name for p in outs[0].iterdir())
-    assert names == sorted(p.name for p in outs[2].iterdir()) and len(names) == 3
+    assert names == sorted(p.name for p in outs[2].iterdir()) and len(names) == 4  # 2 tars, sizes.json, marker
     for name in names:
         assert (outs[0] / name).read_bytes() == (outs[2] / name).read_bytes(), name
 

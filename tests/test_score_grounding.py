@@ -160,15 +160,16 @@ def test_shard_references_with_sample_ids(tmp_path):
 def test_provenance_reads_the_decode_sidecar_and_hashes_inputs(tmp_path):
     refs, inst = _refer_files(tmp_path)
     preds = _preds(tmp_path, [{"sent_id": s, "box": [0, 0, 1, 1]} for s in (101, 102, 103)])
-    meta = {"model_file": "runs/grounding-nar/model.pt", "step": 42, "model_params_hash": "abc"}
+    import hashlib
+
+    meta = {"model_file": "runs/grounding-nar/model.pt", "step": 42, "model_params_hash": "abc",
+            "predictions_sha256": hashlib.sha256(preds.read_bytes()).hexdigest()}
     (tmp_path / "grounding-val-nar-greedy.meta.json").write_text(json.dumps(meta))
     out = tmp_path / "out.json"
     assert cli_main(["score", "grounding", "--params", "params/score.yaml", "--refs", str(refs), "--instances",
                      str(inst), "--split", "val", "--predictions", str(preds), "--out", str(out)]) == 0
     prov = json.loads(out.read_text())["provenance"]
     assert prov["decode"] == meta
-    import hashlib
-
     assert prov["inputs"]["predictions"]["sha256"] == hashlib.sha256(preds.read_bytes()).hexdigest()
     assert set(prov["inputs"]) == {"refs", "instances", "predictions"}
     # an explicit --provenance wins; the cell comes from the predictions' name when --out has none

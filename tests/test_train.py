@@ -60,7 +60,7 @@ def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def module_state(tag_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    return torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -159,6 +159,29 @@ def test_kill_9_then_rerun_resumes_from_the_last_complete_checkpoint(tiny, unint
     ref, _ = uninterrupted
     a, b = module_state(ref / "checkpoints" / ck.tag_for(40)), module_state(out / "checkpoints" / ck.tag_for(40))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_truncated_newest_checkpoint_is_named_and_the_previous_one_used(tiny, uninterrupted):
+    """Issue 11: a truncated mp_rank_00_model_states.pt in the newest complete checkpoint gave a raw
+    "PytorchStreamReader failed" traceback on each rank. Now export and resume name the file and use the previous
+    complete checkpoint; the resumed run ends with the uninterrupted run's weights."""
+    ref, _ = uninterrupted
+    out = tiny["dir"] / "caption-nar-truncated"
+    shutil.copytree(ref, out)
+    (prev_step, prev), (last_step, last) = ck.checkpoints(out / "checkpoints")[0][-2:]
+    cut = last / "mp_rank_00_model_states.pt"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+
+    assert cli_main(["export", "--run", str(out), "--out", str(out / "model.pt")]) == 0
+    assert torch.load(out / "model.pt", weights_only=True)["step"] == prev_step
+
+    (out / "summary.json").unlink()
+    proc = run_narvl(*train_args(tiny, out))
+    assert f"ignoring checkpoint {last}: {cut}: truncated or corrupt torch file" in proc.stderr
+    assert f"resuming from checkpoint {prev} at step {prev_step} of 40" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    a, b = module_state(ref / "checkpoints" / ck.tag_for(40)), module_state(out / "checkpoints" / ck.tag_for(40))
+    assert last_step == 40 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_export_round_trips_to_identical_outputs(tiny, uninterrupted):

@@ -130,7 +130,11 @@ VQA_SUBTYPES = {"train2014": "train", "val2014": "val"}
 
 
 def read_vqav2(questions: list[Path], annotations: list[Path], images: Path) -> list[Record]:
-    """VQAv2: questions and annotation files paired by data_subtype (train2014 -> train, val2014 -> val)."""
+    """VQAv2: questions and annotation files paired by data_subtype (train2014 -> train, val2014 -> val).
+
+    A question_id given twice (questions or annotations), a question without annotation and an annotation without
+    question are errors naming the file and the record: the two files must describe the same questions.
+    """
     by_subtype: dict[str, dict[str, Any]] = {}
     for path in annotations:
         doc = _load_json(path)
@@ -138,8 +142,14 @@ def read_vqav2(questions: list[Path], annotations: list[Path], images: Path) -> 
         anns = {}
         for i, ann in enumerate(_get(doc, "annotations", list, path, "top level")):
             qid = _get(ann, "question_id", int, path, f"annotations[{i}]")
+            if qid in anns:
+                raise NarvlError(f"{path}: annotations[{i}]: question_id {qid} is annotated twice (also "
+                                 f"annotations[{anns[qid][0]}])")
             anns[qid] = (i, ann)
-        by_subtype.setdefault(subtype, {}).update({"path": path, "anns": anns})
+        if subtype in by_subtype:
+            raise NarvlError(f"{path}: a second annotation file with data_subtype '{subtype}' (the first: "
+                             f"{by_subtype[subtype]['path']})")
+        by_subtype[subtype] = {"path": path, "anns": anns, "asked": {}}
     records = []
     for qpath in questions:
         doc = _load_json(qpath)
@@ -150,12 +160,16 @@ def read_vqav2(questions: list[Path], annotations: list[Path], images: Path) -> 
         if subtype not in by_subtype:
             raise NarvlError(f"{qpath}: no annotation file with data_subtype '{subtype}' among "
                              f"{', '.join(map(str, annotations))}")
-        apath, anns = by_subtype[subtype]["path"], by_subtype[subtype]["anns"]
+        apath, anns, asked = (by_subtype[subtype][k] for k in ("path", "anns", "asked"))
         split = VQA_SUBTYPES[subtype]
         for i, q in enumerate(_get(doc, "questions", list, qpath, "top level")):
             where = f"questions[{i}]"
             qid = _get(q, "question_id", int, qpath, where)
             where = f"questions[{i}] (question_id {qid})"
+            if qid in asked:
+                raise NarvlError(f"{qpath}: {where}: question_id {qid} given twice (also {asked[qid]}); each "
+                                 "question is one sample")
+            asked[qid] = f"{qpath} questions[{i}]"
             image_id = _get(q, "image_id", int, qpath, where)
             question = _get(q, "question", str, qpath, where).strip()
             if qid not in anns:
@@ -176,6 +190,13 @@ def read_vqav2(questions: list[Path], annotations: list[Path], images: Path) -> 
                 split=split, source_id=f"question_id={qid}", image=path, image_key=str(path), image_id=image_id,
                 fields=dict(prompt=question, target=best_answer(scores, answers), question_id=qid,
                             answers=answers, answer_type=answer_type, scores=scores)))
+    for subtype, entry in sorted(by_subtype.items()):
+        unasked = [(i, qid) for qid, (i, _) in entry["anns"].items() if qid not in entry["asked"]]
+        if unasked:
+            shown = ", ".join(f"annotations[{i}] (question_id {qid})" for i, qid in sorted(unasked)[:5])
+            raise NarvlError(f"{entry['path']}: {len(unasked)} annotations have no question in the "
+                             f"'{subtype}' questions file{'s' if len(questions) > 1 else ''} (mismatched files?): "
+                             f"{shown}{' ...' if len(unasked) > 5 else ''}")
     records.sort(key=lambda r: (r.split, r.fields["question_id"]))
     return records
 
@@ -188,7 +209,8 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refuses to load {module}.{name}: the refs file should hold only plain data")
 
 
-def _load_refs(path: Path) -> list:
+def load_refs(path: Path) -> list:
+    """The refer toolkit's refs pickle, read with _PlainUnpickler (`narvl shard` and `narvl score grounding`)."""
     try:
         blob = path.read_bytes()
     except FileNotFoundError as e:
@@ -211,7 +233,7 @@ def _load_refs(path: Path) -> list:
 
 def read_refer(refs_path: Path, instances_path: Path, images: Path) -> list[Record]:
     """RefCOCO/+/g: one sample per sentence; the box is the referred instance's bbox, the image instances' file."""
-    refs = _load_refs(refs_path)
+    refs = load_refs(refs_path)
     inst = _load_json(instances_path)
     image_files: dict[int, tuple[str, int, int]] = {}
     for i, img in enumerate(_get(inst, "images", list, instances_path, "top level")):
@@ -272,17 +294,20 @@ def _tsv_int(value: str, path: Path, where: str, column: str) -> int:
 
 
 def read_ofa_tsv(task: str, split: str, path: Path) -> Iterator[Record]:
-    """Stream the rows of one OFA TSV file (one split) as records, in file order."""
+    """Stream the rows of one OFA TSV file (one split) as records, in file order. A file without rows is an error
+    (it would give its split no samples without a word)."""
     columns = TSV_COLUMNS[task]
     try:
         f = open(path, encoding="utf-8", newline="\n")
     except FileNotFoundError as e:
         raise NarvlError(f"{path}: no such file") from e
+    rows = 0
     with f:
         for lineno, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
+            rows += 1
             cols = line.split("\t")
             where = f"line {lineno}"
             if len(cols) != len(columns):
@@ -334,3 +359,5 @@ def read_ofa_tsv(task: str, split: str, path: Path) -> Iterator[Record]:
                 yield Record(source_id=f"{path.name}:{lineno}", **base, fields=dict(
                     prompt=grounding_prompt(text), target="", expression=text, ref_id=sid, sent_id=sid,
                     ann_id=-1, orig_box=box))
+    if rows == 0:
+        raise NarvlError(f"{path}: no rows: the {task} TSV file for split '{split}' is empty")

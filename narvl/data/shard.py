@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import multiprocessing
+import re
 from collections import OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -30,7 +31,7 @@ from narvl.data import images as imglib
 from narvl.data.readers import Record, read_karpathy, read_ofa_tsv, read_refer, read_vqav2
 from narvl.data.tokenizer import bins_string, box_to_bins
 from narvl.errors import NarvlError
-from narvl.io import atomic_path, read_json, write_json
+from narvl.io import atomic_path, check_output, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class _SplitWriter:
 
 
 def _check_key_part(split: str) -> str:
-    if not split or "." in split or "/" in split:
+    if not split or "." in split or "/" in split or "\\" in split:
         raise NarvlError(f"split name {split!r}: must be non-empty, without dots or slashes")
     return split
 
@@ -133,14 +134,18 @@ def _prepared(records: Iterable[Record], longest: int, quality: int, workers: in
             yield from ((rec, image) for rec in group)
 
 
-def write_shards(records: Iterable[Record], task: str, data_params, out: Path, total: int | None = None) -> dict:
-    """Write records into OUT (atomically, the whole folder) and return the sizes.json content."""
+def write_shards(records: Iterable[Record], task: str, data_params, out: Path, total: int | None = None,
+                 inputs: Iterable[Path] = ()) -> dict:
+    """Write records into OUT (atomically, the whole folder) and return the sizes.json content.
+
+    OUT may be new, empty, or an earlier output of narvl (narvl.io.atomic_path); it must not hold any of `inputs`.
+    """
     shard_params = data_params.shard
     if task not in shard_params.image_size:
         raise NarvlError(f"data.shard.image_size has no entry for task '{task}'")
     longest = shard_params.image_size[task]
     num_bins = data_params.tokenizer.num_bins
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, inputs=inputs) as tmp:
         writers: dict[str, _SplitWriter] = {}
         try:
             prepared = _prepared(records, longest, shard_params.jpeg_quality, shard_params.workers)
@@ -185,6 +190,9 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 
 def main(args: argparse.Namespace) -> int:
     data_params = params_mod.load(args.params, "data")
+    inputs = [args.params, *(args.annotations or ()), *(args.questions or ()), args.refs, args.instances,
+              args.images, *(Path(spec.partition("=")[2]) for spec in args.tsv or ())]
+    check_output(args.out, is_dir=True, inputs=inputs)  # before reading anything: a refused --out costs nothing
     expected = FORMATS[args.format]
     if expected is not None and expected != args.task:
         raise NarvlError(f"--format {args.format} holds {expected} data, not --task {args.task}")
@@ -222,13 +230,36 @@ def main(args: argparse.Namespace) -> int:
                 yield from read_ofa_tsv(args.task, split, file)
 
         records = chained()
-    write_shards(records, args.task, data_params, args.out, total=total)
+    write_shards(records, args.task, data_params, args.out, total=total, inputs=inputs)
     return 0
 
 
-def read_sizes(shard_dir: Path) -> dict:
-    """sizes.json of a shard folder, checked."""
+def read_sizes(shard_dir: Path, task: str | None = None) -> dict:
+    """sizes.json of a shard folder, checked: the one reader of shard folders.
+
+    Every split name is a key part (no dots or slashes) and every shard name is exactly `<task>-<split>-%06d.tar`
+    of that split (so no name reaches outside the folder); with `task`, every shard is one of that task's.
+    """
     path = Path(shard_dir) / "sizes.json"
     if not path.is_file():
-        raise NarvlError(f"{path}: no such file (is {shard_dir} a shard folder made by `narvl shard`?)")
-    return read_json(path)
+        raise NarvlError(f"{path}: missing (is {shard_dir} a shard folder made by `narvl shard`?)")
+    sizes = read_json(path)
+    if not isinstance(sizes, dict):
+        raise NarvlError(f"{path}: expected a mapping of split -> {{shards, samples, ...}}")
+    for split, entry in sizes.items():
+        try:
+            _check_key_part(split)
+        except NarvlError as e:
+            raise NarvlError(f"{path}: {e}") from e
+        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) or "samples" not in entry:
+            raise NarvlError(f"{path}: split '{split}': expected {{\"shards\": [...], \"samples\": N, ...}}")
+        pattern = re.compile(rf"(?P<task>{'|'.join(params_mod.TASKS)})-{re.escape(split)}-\d{{6}}\.tar")
+        for name in entry["shards"]:
+            m = pattern.fullmatch(name) if isinstance(name, str) else None
+            if m is None:
+                raise NarvlError(f"{path}: split '{split}': shard name {name!r} is not <task>-{split}-NNNNNN.tar "
+                                 f"(a shard folder lists only its own files, by name)")
+            if task is not None and m["task"] != task:
+                raise NarvlError(f"{path}: split '{split}': shard {name} is not a '{task}' shard but a {m['task']} "
+                                 f"one (a {task} model, or --task {task}, on another task's shards?)")
+    return sizes

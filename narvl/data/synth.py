@@ -302,7 +302,7 @@ def generate(p: SynthParams, out: str | Path) -> dict[str, int]:
     if out.exists() and any(out.iterdir()):
         raise NarvlError(f"{out}: already exists and is not empty; remove it or choose another output folder")
     records = plan(p)
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, marker=False) as tmp:  # no marker: data/raw is byte-exact (data.dvc)
         write_images(p, records, tmp)
         counts = {"images": len(records)}
         counts.update(write_captions(p, records, tmp))

@@ -21,8 +21,11 @@ Decoding:
 Writes (atomically):
   --out             caption `[{"image_id", "caption"}]`, VQA `[{"question_id", "answer"}]`, grounding
                     `[{"ref_id", "sent_id", "sample_id", "box"}]`: exactly what `narvl score` reads
-  <out stem>.meta.json  provenance and timing: model file, its sha256, kind, task, step, arch hash, tokenizer, decoder
+  <out stem>.meta.json  provenance and timing: the sha256 of --out (`narvl score` refuses a sidecar whose hash is
+                    not its predictions'), model file, its sha256, kind, task, step, arch hash, tokenizer, decoder
                     settings, split, samples, device, seconds (model + decoding, and wall) and samples/s
+  The sidecar is written first and the predictions second, so a failure (a full disk) never leaves new
+  predictions beside an old sidecar. The model's task must be the shards' task.
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ def main(args: argparse.Namespace) -> int:
     from narvl.data.loader import eval_loader
     from narvl.data.tokenizer import Tokenizer
     from narvl.eval.common import CELL_RE
-    from narvl.io import write_json
+    from narvl.data.shard import read_sizes
+    from narvl.io import check_output, json_bytes, write_bytes, write_json
 
     decode_params = params_mod.load(args.params, "decode")
     data_params = params_mod.load(args.params.parent / "data.yaml", "data")
@@ -142,6 +146,9 @@ def main(args: argparse.Namespace) -> int:
     cell = CELL_RE.match(args.out.stem)
     if cell and cell["task"] != task:
         raise NarvlError(f"{args.out}: the file name says task '{cell['task']}', but {args.model} is a {task} model")
+
+    read_sizes(args.shards, task)  # a caption model on VQA shards is an error, not 720 caption records
+    check_output(args.out, is_dir=False, inputs=[args.model, args.shards, args.tokenizer, args.params])
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
@@ -168,8 +175,9 @@ def main(args: argparse.Namespace) -> int:
         raise NarvlError(f"{args.shards}: split '{args.split}' yielded {len(records)} samples, sizes.json says "
                          f"{loader.samples}")
 
-    write_json(args.out, records, indent=None)
+    predictions = json_bytes(records, indent=None)
     side = {
+        "predictions_sha256": hashlib.sha256(predictions).hexdigest(),
         "model_file": str(args.model), "model_sha256": _sha256(args.model), "kind": meta["kind"], "task": task,
         "model": cell["model"] if cell else meta["kind"], "step": meta["step"],
         "arch_hash": hashlib.sha256(json.dumps(meta["arch"], sort_keys=True).encode()).hexdigest()[:12],
@@ -182,7 +190,10 @@ def main(args: argparse.Namespace) -> int:
         "samples_per_s": len(records) / compute_s if compute_s > 0 else None,
         "narvl_version": __version__,
     }
+    # one unit: the sidecar first, naming the new predictions by hash, then the predictions. A failure in
+    # between leaves the old predictions beside a sidecar that is not theirs, which `narvl score` refuses.
     write_json(sidecar_path(args.out), side)
+    write_bytes(args.out, predictions)
     log.info("%s: %d predictions, %.1f samples/s (model + decoding, %s)", args.out, len(records),
              side["samples_per_s"] or 0.0, device.type)
     return 0

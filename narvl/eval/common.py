@@ -154,11 +154,24 @@ def provenance(args: Any, score_params: Any, inputs: dict[str, str | Path]) -> d
         meta = read_json(decode_meta)
         if not isinstance(meta, dict):
             raise NarvlError(f"{decode_meta}: expected a JSON object with the decoding provenance")
+        if "predictions_sha256" in meta or getattr(args, "provenance", None) is None:
+            check_sidecar(decode_meta, meta, args.predictions)
         prov["decode"] = meta
         prov["decode_file"] = str(decode_meta)
     else:
         prov["decode"] = None
     return prov
+
+
+def check_sidecar(sidecar: str | Path, meta: dict[str, Any], predictions: str | Path) -> None:
+    """The decode sidecar must belong to these predictions: `narvl decode` records their sha256 in it."""
+    recorded, actual = meta.get("predictions_sha256"), file_sha256(predictions)
+    if recorded is None:
+        raise NarvlError(f"{sidecar}: records no predictions_sha256, so it cannot be matched to {predictions} "
+                         "(written by an older narvl decode?); decode again, or pass --provenance explicitly")
+    if recorded != actual:
+        raise NarvlError(f"{sidecar}: belongs to other predictions (sha256 {str(recorded)[:12]}), not to "
+                         f"{predictions} (sha256 {actual[:12]}): an interrupted or failed decode? Decode again")
 
 
 def decode_sidecar_path(predictions: str | Path) -> Path:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from narvl.data.readers import load_refs
 from narvl.errors import NarvlError
 from narvl.eval import common
 from narvl.io import read_json
@@ -65,25 +65,9 @@ def is_hit(pred: list[float], gt: list[float], threshold: float) -> bool:
     return value >= threshold and iw > 0 and ih > 0
 
 
-def _load_pickle(path: Path) -> Any:
-    try:
-        with open(path, "rb") as f:
-            try:
-                return pickle.load(f)
-            except UnicodeDecodeError:  # Python 2 pickles with non-ASCII byte strings
-                f.seek(0)
-                return pickle.load(f, encoding="latin1")
-    except FileNotFoundError as e:
-        raise NarvlError(f"{path}: no such file") from e
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
-        raise NarvlError(f"{path}: not a readable refer-toolkit pickle: {e}") from e
-
-
 def load_refer(refs_path: str | Path, instances_path: str | Path, split: str) -> list[RefItem]:
     refs_path, instances_path = Path(refs_path), Path(instances_path)
-    refs = _load_pickle(refs_path)
-    if not isinstance(refs, list):
-        raise NarvlError(f"{refs_path}: expected a list of refs, got {type(refs).__name__}")
+    refs = load_refs(refs_path)  # the restricted unpickler of `narvl shard`: plain data only, never code
     inst = read_json(instances_path)
     if not isinstance(inst, dict) or not isinstance(inst.get("annotations"), list):
         raise NarvlError(f"{instances_path}: expected COCO instances (an object with an 'annotations' list)")
@@ -113,7 +97,9 @@ def load_refer(refs_path: str | Path, instances_path: str | Path, split: str) ->
 def load_shards(shard_dir: str | Path, split: str) -> tuple[list[RefItem], dict]:
     """Ground truth from the shards' sample JSON; returns the items and the split's sizes.json entry."""
     shard_dir = Path(shard_dir)
-    sizes = read_json(shard_dir / "sizes.json")
+    from narvl.data.shard import read_sizes
+
+    sizes = read_sizes(shard_dir, "grounding")
     if split not in sizes:
         raise NarvlError(f"{shard_dir / 'sizes.json'}: no split '{split}' (has: {', '.join(sorted(sizes))})")
     entry = sizes[split]

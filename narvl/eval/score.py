@@ -18,7 +18,9 @@ Writes: `--out` as `{"task", "split", "model", "decoder", "metrics", "headline",
 "details", "provenance"}`. The cell is parsed from the file name `<task>-<split>-<model>-<decoder>.json` (--out, else
 --predictions) unless --split/--model/--decoder are given. Provenance: narvl version, the score params and their
 hash, sha256 of every input, and the decoding provenance (model file, step, params hash, timing) from --provenance
-or, when present, the decode sidecar `<predictions stem>.meta.json`.
+or, when present, the decode sidecar `<predictions stem>.meta.json`, which must record the predictions' sha256 (a
+sidecar of other predictions, left by a failed decode, is an error; so is an explicit --provenance that records
+another hash).
 
 Bad input stops with an error naming the file and record: not JSON, not a list, a record without its id or value,
 duplicate ids, ids that the references do not have. References without a prediction follow
@@ -34,7 +36,7 @@ from pathlib import Path
 from narvl import params as params_mod
 from narvl.errors import NarvlError
 from narvl.eval import common
-from narvl.io import write_json
+from narvl.io import check_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     score_params = params_mod.load(args.params, "score")
     args.model = args.model_name
+    inputs = [getattr(args, name, None) for name in ("params", "predictions", "provenance", "references",
+                                                      "questions", "annotations", "refs", "instances")]
+    check_output(args.out, is_dir=False, inputs=inputs)  # before scoring: a folder or an input as --out is an error
     if args.task == "caption":
         from narvl.eval import caption
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from narvl.errors import NarvlError
-from narvl.io import atomic_path
+from narvl.io import atomic_path, load_torch_file
 from narvl.model.ar import ARModel
 from narvl.model.nar import NARModel
 from narvl.params import ArchParams
@@ -67,12 +67,9 @@ def save(path: str | Path, model: NARModel | ARModel, meta: dict[str, Any]) -> N
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[NARModel | ARModel, dict[str, Any]]:
     """Rebuild the model from the file alone; returns (model in eval mode, meta without state_dict)."""
     path = Path(path)
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError as e:
-        raise NarvlError(f"{path}: no such model file") from e
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise NarvlError(f"{path}: not a readable model file: {e}") from e
+    if not path.exists():
+        raise NarvlError(f"{path}: no such model file")
+    blob = load_torch_file(path, map_location=map_location)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise NarvlError(f"{path}: format is {found!r}, expected '{FORMAT}'")

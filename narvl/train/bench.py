@@ -46,8 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def shard_task(shards: Path) -> str:
-    sizes = read_json(shards / "sizes.json") if (shards / "sizes.json").is_file() else None
-    if not sizes or "train" not in sizes or not sizes["train"].get("shards"):
+    from narvl.data.shard import read_sizes
+
+    sizes = read_sizes(shards)
+    if "train" not in sizes or not sizes["train"]["shards"]:
         raise NarvlError(f"{shards / 'sizes.json'}: missing or without a train split")
     task = str(sizes["train"]["shards"][0]).split("-", 1)[0]
     if task not in P.TASKS:

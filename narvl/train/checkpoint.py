@@ -8,6 +8,8 @@
         ranks/rank_00000.pt         per rank: data position (epoch, batches consumed) and RNG states
         COMPLETE.json               written by rank 0 after every rank finished writing; a folder without it is
                                     incomplete (a run killed while saving) and is ignored and removed on resume
+                                    (and so is a complete one with a truncated or corrupt file: resume and export
+                                    fall back to the previous complete checkpoint, naming the file)
       latest                        DeepSpeed's pointer (not used: narvl resumes from the newest COMPLETE folder)
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from narvl.errors import NarvlError
-from narvl.io import atomic_path, read_json
+from narvl.io import UnreadableFile, atomic_path, load_torch_file, read_json
 
 RUN_INFO = "run.json"
 MARKER = "COMPLETE.json"
@@ -83,6 +85,44 @@ def checkpoints(ckpt_dir: Path) -> tuple[list[tuple[int, Path]], list[Path]]:
 def latest_complete(ckpt_dir: Path) -> tuple[int, Path] | None:
     complete, _ = checkpoints(ckpt_dir)
     return complete[-1] if complete else None
+
+
+def deepspeed_allow() -> list[type]:
+    """The classes DeepSpeed 0.19.8 pickles into its checkpoint files, beyond tensors and plain data.
+
+    Found with torch.serialization.get_unsafe_globals_in_checkpoint on checkpoints of every configuration narvl
+    trains on CPU (ZeRO 0-3, fp32 and bf16): only the ZeRO 1-3 optimizer files hold objects, the ZeRO stage enum,
+    the loss scaler and the fp32 master fragments' addresses. DynamicLossScaler is what the same field holds with
+    fp16 (GPU only). Every other class is refused, so a planted file cannot run code.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+
+
+def check_files(tag_dir: Path, allow: list[type], ranks: bool = True) -> None:
+    """Load the torch files of a checkpoint folder safely (memory-mapped: cheap), DeepSpeed's and with `ranks` the
+    per-rank states: UnreadableFile names a truncated or corrupt one, NarvlError one with objects outside `allow`."""
+    for path in sorted(tag_dir.glob("*.pt")) + (sorted(tag_dir.glob("ranks/*.pt")) if ranks else []):
+        load_torch_file(path, allow=allow, mmap=True)
+
+
+def latest_readable(ckpt_dir: Path, allow: list[type],
+                    ranks: bool = True) -> tuple[tuple[int, Path] | None, list[tuple[Path, str]]]:
+    """The newest complete checkpoint whose files all load (check_files), and the newer complete ones that did not
+    [(folder, the error naming the file)]."""
+    complete, _ = checkpoints(ckpt_dir)
+    broken = []
+    for step, tag_dir in reversed(complete):
+        try:
+            check_files(tag_dir, allow, ranks)
+        except UnreadableFile as e:
+            broken.append((tag_dir, str(e)))
+            continue
+        return (step, tag_dir), broken
+    return None, broken
 
 
 def marker(tag_dir: Path) -> dict[str, Any]:
@@ -149,10 +189,13 @@ def rank_file(tag_dir: Path, rank: int) -> Path:
 
 
 def capture_rng() -> dict[str, Any]:
+    """RNG states as tensors and plain data (the rank file loads with weights_only=True, no allow-list)."""
     import numpy as np
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -163,7 +206,8 @@ def restore_rng(state: dict[str, Any]) -> None:
     import torch
 
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -179,9 +223,7 @@ def save_rank_state(tag_dir: Path, rank: int, state: dict[str, Any]) -> None:
 
 
 def load_rank_state(tag_dir: Path, rank: int) -> dict[str, Any] | None:
-    import torch
-
     path = rank_file(tag_dir, rank)
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return load_torch_file(path)

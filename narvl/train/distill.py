@@ -6,7 +6,8 @@ Reads   --params DIR      decode.yaml (beam_size, length_penalty, max_len, batch
         --tokenizer FILE  tokenizer.json (must be the one the teacher was trained with)
 Writes  --out DIR         the same shard layout and sizes.json: the train split rewritten, every other split
                           copied unchanged (students are evaluated on the original data); distill.json records the
-                          teacher, the decoding settings and counts. The folder appears only when complete.
+                          teacher, the decoding settings and counts. The folder appears only when complete; it
+                          may replace only an earlier output of narvl and must not hold any input.
 
 In each training sample's json, `target` becomes the teacher's output for that sample's image and prompt, and the
 original is kept as `original_target`; every other member and field is unchanged. For VQA the teacher's answer
@@ -32,7 +33,7 @@ from typing import Any
 
 from narvl import params as P
 from narvl.errors import NarvlError
-from narvl.io import atomic_path, write_json
+from narvl.io import atomic_path, check_output, write_json
 from narvl.train import checkpoint as ck
 from narvl.train.main import check_shards
 
@@ -131,8 +132,8 @@ def main(args: argparse.Namespace) -> int:
     decode = P.load(params_dir / "decode.yaml", "decode")
     data = P.load(params_dir / "data.yaml", "data")
     shards, out, tok_path = Path(args.shards), Path(args.out), Path(args.tokenizer)
-    if out.resolve() == shards.resolve():
-        raise NarvlError(f"{out}: the output folder must differ from --shards")
+    inputs = [params_dir, args.model, shards, tok_path]
+    check_output(out, is_dir=True, inputs=inputs)  # before the teacher decodes: a refused --out costs nothing
 
     from narvl.data.tokenizer import Tokenizer
     from narvl.model import load
@@ -169,7 +170,7 @@ def main(args: argparse.Namespace) -> int:
         raise NarvlError(f"{shards / 'sizes.json'}: train lists {sizes['train']['samples']} samples, the shards "
                          f"hold {len(targets)}")
     samples = changed = 0
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, inputs=inputs) as tmp:
         for split, entry in sizes.items():
             for name in entry["shards"]:
                 if split == "train":

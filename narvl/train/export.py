@@ -1,6 +1,8 @@
 """Export the newest complete checkpoint of a training run as the self-describing fp32 model file.
 
-Reads   --run DIR    DIR/checkpoints (run.json and the newest step_* folder with COMPLETE.json)
+Reads   --run DIR    DIR/checkpoints (run.json and the newest step_* folder with COMPLETE.json whose files all
+                     load: a truncated one is named and skipped; every file is loaded with weights_only=True and
+                     only the classes of checkpoint.deepspeed_allow)
 Writes  --out FILE   the `narvl-model-v1` file of narvl.model.save (kind, task, architecture, vocabulary size,
                      queries, special ids, tokenizer reference, step, fp32 state_dict); `narvl decode` and
                      `narvl distill` load it with narvl.model.load, without DeepSpeed
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from narvl.errors import NarvlError
+from narvl.io import load_torch_file, restricted_torch_loads
 from narvl.params import ArchParams
 from narvl.train import checkpoint as ck
 
@@ -39,12 +42,13 @@ def fp32_state_dict(tag_dir: Path, run_info: dict[str, Any]) -> dict[str, Any]:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        with restricted_torch_loads(ck.deepspeed_allow()):  # zero_to_fp32 passes weights_only=False itself
+            state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
         return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     path = tag_dir / "mp_rank_00_model_states.pt"
     if not path.is_file():
         raise NarvlError(f"{tag_dir}: neither ZeRO optimizer files nor {path.name}: not a DeepSpeed checkpoint")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = load_torch_file(path, allow=ck.deepspeed_allow())
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["module"].items()}
     optimizer = blob.get("optimizer") or {}
     masters = optimizer.get("fp32_groups") if isinstance(optimizer, dict) else None
@@ -67,9 +71,12 @@ def export(run: Path, out: Path) -> dict[str, Any]:
 
     ckpt_dir = run / "checkpoints"
     info = ck.read_run_info(ckpt_dir)
-    latest = ck.latest_complete(ckpt_dir)
+    latest, broken = ck.latest_readable(ckpt_dir, ck.deepspeed_allow(), ranks=False)  # before DeepSpeed reads
+    for tag_dir, why in broken:
+        log.warning("skipping checkpoint %s: %s; exporting the previous complete checkpoint", tag_dir, why)
     if info is None or latest is None:
-        raise NarvlError(f"{ckpt_dir}: no complete checkpoint to export (train first: `narvl train ... --out {run}`)")
+        raise NarvlError(f"{ckpt_dir}: no complete checkpoint to export (train first: `narvl train ... --out {run}`)"
+                         + "".join(f"; {why}" for _, why in broken))
     step, tag_dir = latest
     ident = info["identity"]
     model = build_model(ident["kind"], ArchParams(**ident["arch"]), ident["vocab_size"], ident["num_queries"],

@@ -38,7 +38,7 @@ from typing import Any
 
 from narvl import params as P
 from narvl.errors import NarvlError
-from narvl.io import read_json, write_json
+from narvl.io import restricted_torch_loads, write_json
 from narvl.train import checkpoint as ck
 from narvl.train import launch
 from narvl.train.config import WarmupCosine, check_train_params
@@ -102,12 +102,10 @@ def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
     """sizes.json exists, lists every split with samples, and the listed shards exist and belong to `task`."""
     if not shards.is_dir():
         raise NarvlError(f"{shards}: no such shard folder (made by `narvl shard` or `narvl distill`)")
+    from narvl.data.shard import read_sizes
+
     sizes_path = shards / "sizes.json"
-    if not sizes_path.is_file():
-        raise NarvlError(f"{sizes_path}: missing; a shard folder has sizes.json beside its .tar files")
-    sizes = read_json(sizes_path)
-    if not isinstance(sizes, dict):
-        raise NarvlError(f"{sizes_path}: expected a mapping of split -> {{shards, samples, ...}}")
+    sizes = read_sizes(shards, task)  # every listed name is one of this task's shard names, inside the folder
     for split in splits:
         entry = sizes.get(split)
         if not isinstance(entry, dict) or "shards" not in entry or "samples" not in entry:
@@ -116,9 +114,6 @@ def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
         if int(entry["samples"]) < 1 or not entry["shards"]:
             raise NarvlError(f"{sizes_path}: split '{split}' has no samples")
         for name in entry["shards"]:
-            if not str(name).startswith(f"{task}-"):
-                raise NarvlError(f"{sizes_path}: split '{split}': shard {name} is not a '{task}' shard "
-                                 f"(--task {task} with shards of another task?)")
             if not (shards / name).is_file():
                 raise NarvlError(f"{sizes_path}: split '{split}': shard {shards / name} is missing")
     return sizes
@@ -316,7 +311,15 @@ class Trainer:
                             stale, ck.MARKER)
                 shutil.rmtree(stale, ignore_errors=True)
         dist.barrier()
-        latest = ck.latest_complete(ckpt_dir)
+        allow = ck.deepspeed_allow()
+        latest, broken = ck.latest_readable(ckpt_dir, allow)  # every rank checks: all agree, none waits on rank 0
+        dist.barrier()
+        if rank == 0:
+            for tag_dir, why in broken:
+                log.warning("ignoring checkpoint %s: %s; falling back to the previous complete checkpoint and "
+                            "removing it", tag_dir, why)
+                (tag_dir / ck.MARKER).unlink(missing_ok=True)  # unmark first, as ck.prune does
+                shutil.rmtree(tag_dir, ignore_errors=True)
         history = {"wall_s": 0.0, "infeasible_total": 0.0, "samples_seen": 0}
         if latest is None:
             start, seed, skip = 0, train.seed, 0
@@ -326,7 +329,8 @@ class Trainer:
                 ck.write_run_info(ckpt_dir, info)
         else:
             step, tag_dir = latest
-            load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag_dir.name)
+            with restricted_torch_loads(allow):  # DeepSpeed's own torch.load calls pass weights_only=False
+                load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag_dir.name)
             if load_path is None:
                 raise NarvlError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
             if engine.global_steps != step:

@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 

@@ -19,7 +19,7 @@ rule synth:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl synth --params {input.params} --out {output.raw} > {log} 2>&1"
+        "python -m narvl synth --params {input.params:q} --out {output.raw:q} > {log:q} 2>&1"
 
 
 rule shard_karpathy:
@@ -43,8 +43,8 @@ rule shard_karpathy:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl shard --params {input.params} --task {wildcards.task} --format karpathy"
-        " --annotations {params.annotations:q} --images {params.images:q} --out {output.shards} > {log} 2>&1"
+        "python -m narvl shard --params {input.params:q} --task {wildcards.task:q} --format karpathy"
+        " --annotations {params.annotations:q} --images {params.images:q} --out {output.shards:q} > {log:q} 2>&1"
 
 
 rule shard_vqav2:
@@ -69,9 +69,9 @@ rule shard_vqav2:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl shard --params {input.params} --task {wildcards.task} --format vqav2"
+        "python -m narvl shard --params {input.params:q} --task {wildcards.task:q} --format vqav2"
         " --questions {params.questions:q} --annotations {params.annotations:q} --images {params.images:q}"
-        " --out {output.shards} > {log} 2>&1"
+        " --out {output.shards:q} > {log:q} 2>&1"
 
 
 rule shard_refer:
@@ -96,9 +96,9 @@ rule shard_refer:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl shard --params {input.params} --task {wildcards.task} --format refer"
+        "python -m narvl shard --params {input.params:q} --task {wildcards.task:q} --format refer"
         " --refs {params.refs:q} --instances {params.instances:q} --images {params.images:q}"
-        " --out {output.shards} > {log} 2>&1"
+        " --out {output.shards:q} > {log:q} 2>&1"
 
 
 rule shard_ofa_tsv:
@@ -121,8 +121,8 @@ rule shard_ofa_tsv:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl shard --params {input.params} --task {wildcards.task} --format ofa-tsv"
-        " --tsv {params.split_files:q} --out {output.shards} > {log} 2>&1"
+        "python -m narvl shard --params {input.params:q} --task {wildcards.task:q} --format ofa-tsv"
+        " --tsv {params.split_files:q} --out {output.shards:q} > {log:q} 2>&1"
 
 
 rule tokenizer:
@@ -142,7 +142,7 @@ rule tokenizer:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl tokenizer --params {input.params} --shards {input.shards} --out {output.tokenizer} > {log} 2>&1"
+        "python -m narvl tokenizer --params {input.params:q} --shards {input.shards:q} --out {output.tokenizer:q} > {log:q} 2>&1"
 
 
 rule data_all:

@@ -24,9 +24,9 @@ rule decode:
         runtime=RES["decode"]["runtime"],
         gpu=RES["decode"]["gpu"],
     shell:
-        "python -m narvl decode --params {input.params} --model {input.model} --shards {input.shards}"
-        " --split {wildcards.split} --tokenizer {input.tokenizer} --decoder {wildcards.decoder}"
-        " --out {output.predictions} > {log} 2>&1"
+        "python -m narvl decode --params {input.params:q} --model {input.model:q} --shards {input.shards:q}"
+        " --split {wildcards.split:q} --tokenizer {input.tokenizer:q} --decoder {wildcards.decoder:q}"
+        " --out {output.predictions:q} > {log:q} 2>&1"
 
 
 rule bench_decode:
@@ -51,5 +51,5 @@ rule bench_decode:
         runtime=RES["bench"]["runtime"],
         gpu=RES["bench"]["gpu"],
     shell:
-        "python -m narvl bench decode --params {params.folder} --models {input.models} --shards {params.shards}"
-        " --out {output.bench} > {log} 2>&1"
+        "python -m narvl bench decode --params {params.folder:q} --models {input.models:q} --shards {params.shards:q}"
+        " --out {output.bench:q} > {log:q} 2>&1"

@@ -33,6 +33,6 @@ rule report:
         mem_mb=RES["report"]["mem_mb"],
         runtime=RES["report"]["runtime"],
     shell:
-        "python -m narvl report --metrics {input.metrics} --bench {input.bench} --runs {params.runs}"
-        " --predictions {params.predictions} --shards {params.shards} --out {params.out}"
-        " --readme {input.readme:q} > {log} 2>&1"
+        "python -m narvl report --metrics {input.metrics:q} --bench {input.bench:q} --runs {params.runs:q}"
+        " --predictions {params.predictions:q} --shards {params.shards:q} --out {params.out:q}"
+        " --readme {input.readme:q} > {log:q} 2>&1"

@@ -22,8 +22,8 @@ rule score_caption:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl score caption --params {input.params} --references {params.references:q}"
-        " --predictions {input.predictions} --out {output.metrics} > {log} 2>&1"
+        "python -m narvl score caption --params {input.params:q} --references {params.references:q}"
+        " --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
 rule score_vqa:
@@ -47,8 +47,8 @@ rule score_vqa:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl score vqa --params {input.params} --questions {params.questions:q}"
-        " --annotations {params.annotations:q} --predictions {input.predictions} --out {output.metrics} > {log} 2>&1"
+        "python -m narvl score vqa --params {input.params:q} --questions {params.questions:q}"
+        " --annotations {params.annotations:q} --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
 rule score_grounding:
@@ -72,8 +72,8 @@ rule score_grounding:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl score grounding --params {input.params} --refs {params.refs:q} --instances {params.instances:q}"
-        " --split {wildcards.split} --predictions {input.predictions} --out {output.metrics} > {log} 2>&1"
+        "python -m narvl score grounding --params {input.params:q} --refs {params.refs:q} --instances {params.instances:q}"
+        " --split {wildcards.split:q} --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
 rule evaluate_all:

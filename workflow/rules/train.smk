@@ -11,6 +11,8 @@
 TRAIN_VALUES_DROP = (  # keys `narvl train` does not read (distill_tasks decides which students exist: the DAG)
     "train.distill_tasks", "train.bench_steps", "train.bench_nprocs", "data.loader.bench_micro_batch",
     "data.loader.bench_batches")
+# The srun prefix as separate, quoted words: a launcher with options works, a `;` in it stays an argument.
+LAUNCHER = shlex.split(str(RES["train"]["mpi"]))
 DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "data.loader.bench_micro_batch",
                        "data.loader.bench_batches")
 
@@ -27,6 +29,7 @@ rule train:
     params:
         folder=folder_of("params"),
         run=lambda w, output: os.path.dirname(output.summary),
+        launcher=LAUNCHER,
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
     log:
         logfile("train/{task}-{kind}"),
@@ -38,8 +41,8 @@ rule train:
         nodes=RES["train"]["nodes"],
         mpi=RES["train"]["mpi"],
     shell:
-        "{resources.mpi} python -m narvl train --params {params.folder} --task {wildcards.task} --kind {wildcards.kind}"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --out {params.run} > {log} 2>&1"
+        "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind {wildcards.kind:q}"
+        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} > {log:q} 2>&1"
 
 
 rule distill:
@@ -63,8 +66,8 @@ rule distill:
         runtime=RES["distill"]["runtime"],
         gpu=RES["distill"]["gpu"],
     shell:
-        "python -m narvl distill --params {params.folder} --model {input.model} --shards {input.shards}"
-        " --tokenizer {input.tokenizer} --out {output.shards} > {log} 2>&1"
+        "python -m narvl distill --params {params.folder:q} --model {input.model:q} --shards {input.shards:q}"
+        " --tokenizer {input.tokenizer:q} --out {output.shards:q} > {log:q} 2>&1"
 
 
 rule train_kd:
@@ -79,6 +82,7 @@ rule train_kd:
     params:
         folder=folder_of("params"),
         run=lambda w, output: os.path.dirname(output.summary),
+        launcher=LAUNCHER,
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
     log:
         logfile("train/{task}-nar-kd"),
@@ -90,8 +94,8 @@ rule train_kd:
         nodes=RES["train"]["nodes"],
         mpi=RES["train"]["mpi"],
     shell:
-        "{resources.mpi} python -m narvl train --params {params.folder} --task {wildcards.task} --kind nar"
-        " --shards {input.shards} --tokenizer {input.tokenizer} --out {params.run} > {log} 2>&1"
+        "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind nar"
+        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} > {log:q} 2>&1"
 
 
 rule export:
@@ -110,7 +114,7 @@ rule export:
         mem_mb=RES["decode"]["mem_mb"],
         runtime=RES["decode"]["runtime"],
     shell:
-        "python -m narvl export --run {params.run} --out {output.model} > {log} 2>&1"
+        "python -m narvl export --run {params.run:q} --out {output.model:q} > {log:q} 2>&1"
 
 
 rule train_all:
