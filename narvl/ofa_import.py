@@ -267,16 +267,17 @@ def vocabulary_rows(tokenizer, bpe_dir: Path, ofa_vocab: int, num_bins: int) -> 
     except FileNotFoundError as e:
         raise NarvlError(f"{dict_txt}: no such file (OFA's utils/BPE/dict.txt)") from e
     row_of_gpt2 = {}
-    for n, line in enumerate(lines):
+    for n, line in enumerate(lines):  # fairseq: every line is one row; GPT-2 ids as decimal strings
         parts = line.split()
-        if not parts or not parts[0].isdigit():
-            raise NarvlError(f"{dict_txt}: line {n + 1}: expected '<gpt2 id> <count>', got {line!r:.60}")
-        row_of_gpt2[int(parts[0])] = 4 + n
+        if len(parts) < 2:
+            raise NarvlError(f"{dict_txt}: line {n + 1}: expected '<symbol> <count>', got {line!r:.60}")
+        if parts[0].isdigit():
+            row_of_gpt2[int(parts[0])] = 4 + n  # other symbols (fairseq's madeupword0000 ...) keep their row
     if tokenizer.num_bins != num_bins:
         raise NarvlError(f"the tokenizer has {tokenizer.num_bins} location tokens, the checkpoint {num_bins}")
     special_rows = {"<pad>": OFA_SPECIAL["pad"], "<bos>": OFA_SPECIAL["bos"], "<eos>": OFA_SPECIAL["eos"],
                     "<unk>": OFA_SPECIAL["unk"], "<blank>": -1}
-    rows = []
+    rows, unknown = [], []
     for i in range(tokenizer.vocab_size):
         if i < len(SPECIALS):
             rows.append(special_rows[SPECIALS[i]])
@@ -284,11 +285,20 @@ def vocabulary_rows(tokenizer, bpe_dir: Path, ofa_vocab: int, num_bins: int) -> 
             rows.append(ofa_vocab - num_bins + i - tokenizer.bin_offset)
         else:
             token = tokenizer.id_to_token(i)
-            if token not in encoder or encoder[token] not in row_of_gpt2:
-                raise NarvlError(f"{bpe_dir}: token {token!r} (narvl id {i}) is not in OFA's encoder.json/dict.txt")
-            rows.append(row_of_gpt2[encoder[token]])
-    if max(rows) >= ofa_vocab - num_bins:
-        raise NarvlError(f"{dict_txt}: rows reach {max(rows)}, into the checkpoint's <bin> rows")
+            if token not in encoder:
+                raise NarvlError(f"{bpe_dir / 'encoder.json'}: token {token!r} (narvl id {i}) is not in it: the "
+                                 f"tokenizer was not made from OFA's BPE")
+            row = row_of_gpt2.get(encoder[token])
+            if row is None:  # fairseq maps a GPT-2 id missing from dict.txt to <unk>
+                unknown.append(token)
+                row = OFA_SPECIAL["unk"]
+            rows.append(row)
+    if unknown:
+        log.warning("%d GPT-2 tokens are not in %s and take OFA's <unk> row, e.g. %s", len(unknown), dict_txt,
+                    ", ".join(map(repr, unknown[:5])))
+    if row_of_gpt2 and max(row_of_gpt2.values()) >= ofa_vocab - num_bins:
+        raise NarvlError(f"{dict_txt}: rows reach {max(row_of_gpt2.values())}, into the checkpoint's <bin> rows "
+                         f"(from {ofa_vocab - num_bins})")
     return torch.tensor(rows)
 
 

@@ -305,3 +305,27 @@ def test_qctc_teaches_the_nar_model_its_targets():
     m.eval()
     with torch.no_grad():
         assert greedy_decode(F.log_softmax(m(images, src, mask), -1), SPECIAL["blank"]) == targets
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_generation_restricted_to_allowed_tokens(beam_size):
+    """allowed (grounding: the <bin> tokens) limits every generated token; EOS stays possible; greedy under the
+    constraint is the argmax over the allowed tokens of the teacher-forced logits."""
+    m = spread(build_model("ar", TINY, V, 5, SPECIAL), seed=11).eval()
+    images, src, mask = inputs(b=2, seed=12)
+    allowed = torch.zeros(V, dtype=torch.bool)
+    allowed[20:30] = True
+    free = m.generate(images, src, mask, max_len=6, beam_size=beam_size, min_len=6)  # full length, EOS last
+    assert any(t not in range(20, 30) for row in free for t in row)  # the constraint changes something
+    out = m.generate(images, src, mask, max_len=6, beam_size=beam_size, min_len=6, allowed=allowed)
+    assert all(len(row) == 5 and all(20 <= t < 30 for t in row) for row in out)
+    if beam_size == 1:
+        for i, row in enumerate(out):
+            with torch.no_grad():
+                logits = m(images[i:i + 1], src[i:i + 1], mask[i:i + 1], torch.tensor([[SPECIAL["bos"]] + row]))[0]
+            logits[:, ~allowed] = -torch.inf
+            assert logits[:len(row)].argmax(-1).tolist() == row
+    short = m.generate(images, src, mask, max_len=6, beam_size=beam_size, allowed=allowed)  # EOS stays allowed
+    assert all(len(row) <= 5 and all(20 <= t < 30 for t in row) for row in short)
+    with pytest.raises(ValueError, match="allowed"):
+        m.generate(images, src, mask, max_len=6, allowed=torch.ones(V - 1, dtype=torch.bool))

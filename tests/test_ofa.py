@@ -260,3 +260,46 @@ def test_presets_are_ofa_and_the_import_maps_every_real_key(name):
     code_only = sum(state[k].numel() for k, why in ignored.items() if "image-code generation" in why)
     assert narvl_model.count_parameters(ar) == entry["n_params_unique"] - code_only
 
+
+
+def test_vocabulary_rows_line_up_a_gpt2_tokenizer_with_ofa(tmp_path):
+    """OFA's ids: fairseq's <s> <pad> </s> <unk>, then the GPT-2 ids in dict.txt's (frequency) order, <mask>, image
+    codes, <bin_k>. A narvl tokenizer from the same BPE must embed every text with OFA's rows."""
+    from narvl.data.tokenizer import Tokenizer
+    from narvl.ofa_import import _embedding_rows, vocabulary_rows
+
+    vocab = {t: i for i, t in enumerate(["a", "b", "c", "Ġ", "<|endoftext|>", "Ġa", "Ġab", "bc", "Ġabc"])}
+    (tmp_path / "encoder.json").write_text(json.dumps(vocab))
+    (tmp_path / "vocab.bpe").write_text("#version: 0.2\nĠ a\nĠa b\nb c\nĠab c\n", encoding="utf-8")
+    order = [8, 3, 0, 7, 5, 1, 6, 2, 4]  # dict.txt lists GPT-2 ids by frequency, not by id
+    (tmp_path / "dict.txt").write_text("".join(f"{g} {100 - n}\n" for n, g in enumerate(order))
+                                       + "madeupword0000 0\n")
+    num_bins, codes = 6, 3
+    ofa_vocab = 4 + len(order) + 1 + 1 + codes + num_bins  # + madeupword, <mask>
+    tok = Tokenizer.from_gpt2(tmp_path / "encoder.json", tmp_path / "vocab.bpe", num_bins)
+    rows = vocabulary_rows(tok, tmp_path, ofa_vocab, num_bins)
+    ofa_weight = torch.arange(ofa_vocab, dtype=torch.float32)[:, None].repeat(1, 2)  # row r holds r
+    narvl_weight = _embedding_rows(ofa_weight, len(rows), rows)
+    got = narvl_weight[:, 0]
+    assert got[[tok.bos_id, tok.pad_id, tok.eos_id, tok.unk_id]].tolist() == [0, 1, 2, 3]
+    assert got[tok.blank_id] == ofa_weight[:, 0].mean()  # the new row
+    assert got[tok.bin_offset:tok.bin_offset + num_bins].tolist() == list(range(ofa_vocab - num_bins, ofa_vocab))
+    for text in ("abc", "abc bc", "a b c"):
+        ofa_ids = [4 + order.index(vocab[t]) for t in _gpt2_tokens(text, vocab)]
+        assert got[tok.encode(text)].tolist() == ofa_ids
+
+
+def _gpt2_tokens(text, vocab):
+    """The hand-applied BPE of the three merges above (the reference for the tokenizer's segmentation)."""
+    out = []
+    for word in text.split(" "):
+        pieces = ["Ġ", *word]
+        for a, b in (("Ġ", "a"), ("Ġa", "b"), ("b", "c"), ("Ġab", "c")):
+            i = 0
+            while i < len(pieces) - 1:
+                if (pieces[i], pieces[i + 1]) == (a, b):
+                    pieces[i:i + 2] = [a + b]
+                else:
+                    i += 1
+        out += pieces
+    return out
