@@ -83,24 +83,34 @@ def _config_classes() -> list[type]:
     return allowed
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """-> (state dict as float32/int64 CPU tensors, model config as a plain dict). Never unpickles arbitrary code:
-    weights_only loading, with only the config classes (argparse.Namespace, OmegaConf's containers) admitted."""
-    path = Path(path)
-    if not path.is_file():
-        raise NarvlError(f"{path}: no such OFA checkpoint")
+def safe_load(path: str | Path) -> Any:
+    """torch.load(weights_only=True) admitting only the config classes (argparse.Namespace, OmegaConf's
+    containers) besides tensors and plain values; anything else is refused with an error naming the file."""
     import collections
     import typing
 
+    path = Path(path)
+    if not path.is_file():
+        raise NarvlError(f"{path}: no such file")
     try:
         with torch.serialization.safe_globals([*_config_classes(), collections.defaultdict, dict, list, int,
                                                 typing.Any]):
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise NarvlError(f"{path}: refused: the file holds objects other than tensors and config values "
                          f"(it would need arbitrary unpickling): {str(e).splitlines()[0]}") from e
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise NarvlError(f"{path}: not a readable OFA checkpoint: {e}") from e
+        raise NarvlError(f"{path}: not a readable checkpoint: {e}") from e
+
+
+def read_checkpoint(path: str | Path, blob: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """-> (state dict as float32/int64 CPU tensors, model config as a plain dict). `blob`: the file's content when
+    already loaded by safe_load."""
+    path = Path(path)
+    if blob is None:
+        if not path.is_file():
+            raise NarvlError(f"{path}: no such OFA checkpoint")
+        blob = safe_load(path)
     if not isinstance(blob, dict) or not isinstance(blob.get("model"), dict):
         raise NarvlError(f"{path}: not an OFA fairseq checkpoint (expected a dict with a 'model' state dict)")
     cfg = _model_config(blob, path)

@@ -161,6 +161,12 @@ class ModelParams:
 @dataclass(frozen=True)
 class TrainParams:
     seed: int
+    # start from these weights (null: from scratch): a narvl model file (`narvl import-ofa`, `narvl export`) or an
+    # OFA fairseq checkpoint (ofa_*.pt; its vocabulary rows are reordered into the run's tokenizer via init_bpe_dir)
+    init: str | None
+    init_bpe_dir: str | None  # OFA's utils/BPE folder (encoder.json, dict.txt): needed when init is an OFA checkpoint
+    # per task, train.* fields that differ from the values below (e.g. NARVL's per-task lr and batch)
+    task_overrides: dict[str, dict[str, Any]]
     nproc: int  # data-parallel processes on one node (CPU: gloo; GPU: nccl, one per GPU)
     steps: dict[str, int]
     global_batch: int  # must equal micro_batch * grad_accum * world size
@@ -192,6 +198,17 @@ class TrainParams:
     # `narvl bench train`: steps per measurement and the process counts compared (micro_batch per process fixed)
     bench_steps: int
     bench_nprocs: list[int]
+
+    def for_task(self, task: str, where: str = "train params") -> "TrainParams":
+        """These parameters with train.task_overrides[task] applied (checked like the file's own values)."""
+        over = self.task_overrides.get(task, {})
+        known = {f.name for f in dataclasses.fields(TrainParams)} - {"task_overrides", "init", "init_bpe_dir"}
+        for key in over:
+            if key not in known:
+                raise NarvlError(f"{where}: train.task_overrides.{task}.{key}: not a per-task train field"
+                                 f"{_suggest(key, known)}")
+        merged = {**dataclasses.asdict(self), **over, "task_overrides": {}}
+        return _build(TrainParams, merged, f"train.task_overrides.{task}", where)
 
 
 # ------------------------------------------------------------------------------------------------------- decode

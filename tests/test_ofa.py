@@ -303,3 +303,22 @@ def _gpt2_tokens(text, vocab):
                     i += 1
         out += pieces
     return out
+
+
+def test_train_init_refuses_what_does_not_fit(ref, tmp_path):
+    from narvl.train.init import load_init
+
+    folder, model, _, _, _ = ref
+    ckpt = folder / "ofa_tiny_random.pt"
+    same = narvl_model.build_model("nar", model.arch, model.vocab_size, 3, model.special_ids)
+    with pytest.raises(NarvlError, match="init_bpe_dir"):
+        load_init(ckpt, same, None, None)
+    other = narvl_model.build_model("nar", dataclasses.replace(model.arch, ffn_dim=32), model.vocab_size, 3,
+                                    model.special_ids)
+    with pytest.raises(NarvlError, match="ffn_dim: 128 .file. vs 32 .params."):
+        load_init(ckpt, other, None, None)
+    # a narvl model file of the other kind: everything but the queries transfers
+    path = tmp_path / "ar.pt"
+    narvl_model.save(path, model, {"task": "caption", "tokenizer": {}, "step": 0})
+    assert "new: queries" in load_init(path, same, None, None)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in same.state_dict().items() if k != "queries")
