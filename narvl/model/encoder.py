@@ -124,12 +124,12 @@ class Encoder(nn.Module):
         pad_bias = padding_bias(padding, abs_bias.dtype)  # (B, 1, 1, P+S)
         states = [x]
         for i, layer in enumerate(self.layers):
-            bias = abs_bias.expand(b, -1, -1, -1).clone()  # (B, h, P+S, P+S)
+            bias = abs_bias.clone()  # (1, h, P+S, P+S): positions are the same for every item
             bias[:, :, p:, p:] += self.token_rel_pos_table_list[i](text_idx).permute(2, 0, 1)
             if p:
                 bias[:, :, :p, :p] += self.image_rel_pos_table_list[i](image_idx).permute(2, 0, 1)
             if trace is not None and i == 0:
-                trace["layer0_bias"] = bias
+                trace["layer0_bias"] = bias.expand(b, -1, -1, -1)
             x = layer(x, bias + pad_bias)
             states.append(x)
         if trace is not None:
