@@ -185,11 +185,18 @@ def test_import_ofa_writes_a_model_file_that_reproduces_ofa(ref, tmp_path, kind)
     assert logits.shape == (src.size(0), n, v + 1)
 
 
-def test_import_reads_an_argparse_namespace_config(ref, tmp_path):
+@pytest.mark.parametrize("form", ["namespace", "omegaconf"])
+def test_import_reads_fairseq_config_objects(ref, tmp_path, form):
+    """fairseq pickles args as an argparse.Namespace, newer versions cfg as an OmegaConf container."""
+    from omegaconf import OmegaConf
+
     folder, model, inputs, exp, _ = ref
     blob = torch.load(folder / "ofa_tiny_random.pt", weights_only=True)
-    path = tmp_path / "namespace.pt"
-    torch.save({"model": blob["model"], "args": argparse.Namespace(**blob["cfg"]["model"]), "cfg": None}, path)
+    path = tmp_path / f"{form}.pt"
+    if form == "namespace":
+        torch.save({"model": blob["model"], "args": argparse.Namespace(**blob["cfg"]["model"]), "cfg": None}, path)
+    else:
+        torch.save({"model": blob["model"], "args": None, "cfg": OmegaConf.create(blob["cfg"])}, path)
     again, _, arch = build_from_checkpoint(path, "ar", 4)
     assert dataclasses.asdict(arch) == dataclasses.asdict(model.arch)
     for key, value in model.state_dict().items():
