@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from narvl.model.encoder import EncoderOut
-from narvl.model.layers import DecoderLayer, TokenEmbedding, abs_position_bias, padding_bias, token_rel_buckets
+from narvl.model.layers import (DecoderLayer, TokenEmbedding, abs_position_bias, padding_bias, position_keys,
+                                token_rel_buckets)
 from narvl.params import ArchParams
 
 
@@ -59,10 +60,16 @@ class Decoder(nn.Module):
             raise ValueError(f"decoder positions up to {total} exceed max_target_len {self.max_len}")
         heads, factor = self.arch.heads, self.arch.attn_scale_factor
         pos = self.pos_ln(self.embed_positions(torch.arange(total, device=x.device)[None]))  # (1, offset+L, d)
-        self_bias = abs_position_bias(self.self_pos_q_linear, self.self_pos_k_linear, pos[:, offset:], pos, heads,
-                                      factor)  # (1, h, L, offset+L)
-        cross_bias = abs_position_bias(self.cross_pos_q_linear, self.cross_pos_k_linear,
-                                       pos[:, offset:].expand(b, -1, -1), enc.pos, heads, factor)  # (B, h, L, S)
+        self_bias = abs_position_bias(self.self_pos_q_linear, pos[:, offset:],
+                                      position_keys(self.self_pos_k_linear, pos, heads), heads, factor)  # (1,h,L,L')
+        if caches is not None and "pos_k" in caches[0]:  # the encoder side is fixed while generating
+            cross_keys = caches[0]["pos_k"]
+        else:
+            cross_keys = position_keys(self.cross_pos_k_linear, enc.pos, heads)  # (B, h, S, d_h)
+            if caches is not None:
+                caches[0]["pos_k"] = cross_keys
+        cross_bias = abs_position_bias(self.cross_pos_q_linear, pos[:, offset:], cross_keys, heads,
+                                       factor)  # (B, h, L, S)
         if trace is not None:
             trace["cross_bias"] = cross_bias
         cross_bias = cross_bias + padding_bias(enc.padding, cross_bias.dtype)

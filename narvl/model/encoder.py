@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from narvl.model.layers import (EncoderLayer, TokenEmbedding, abs_position_bias, image_rel_index, padding_bias,
-                                token_rel_buckets)
+                                position_keys, token_rel_buckets)
 from narvl.model.resnet import ResNet
 from narvl.params import ArchParams
 
@@ -117,7 +117,7 @@ class Encoder(nn.Module):
                 trace["image_features"] = feats
         x = x * (~padding)[..., None].to(x.dtype)  # (B, P+S, d), padded positions zeroed
         heads = self.arch.heads
-        abs_bias = abs_position_bias(self.pos_q_linear, self.pos_k_linear, pos, pos, heads,
+        abs_bias = abs_position_bias(self.pos_q_linear, pos, position_keys(self.pos_k_linear, pos, heads), heads,
                                      self.arch.attn_scale_factor)  # (1, h, P+S, P+S)
         text_idx = token_rel_buckets(s, s, self.arch.token_bucket_size, x.device)  # (S, S)
         image_idx = image_rel_index(h, w, self.arch.image_bucket_size, x.device) if p else None  # (P, P)

@@ -133,18 +133,19 @@ class TokenEmbedding(nn.Embedding):
         return F.linear(x, self.weight) if project else super().forward(x)
 
 
-def abs_position_bias(q_lin: nn.Linear, k_lin: nn.Linear, pos_q: Tensor, pos_k: Tensor, heads: int,
-                      attn_scale_factor: float) -> Tensor:
+def position_keys(k_lin: nn.Linear, pos_k: Tensor, heads: int) -> Tensor:
+    """The key half of OFA's absolute position bias: k_lin(pos_k) (B|1, S, d) split into (B|1, h, S, d_h)."""
+    k = k_lin(pos_k)
+    return k.view(k.size(0), k.size(1), heads, -1).transpose(1, 2)
+
+
+def abs_position_bias(q_lin: nn.Linear, pos_q: Tensor, keys: Tensor, heads: int, attn_scale_factor: float) -> Tensor:
     """OFA's absolute position bias: per-head projections of normalised position embeddings,
-    (q_lin(pos_q) * (d_h * attn_scale_factor)^-1/2) k_lin(pos_k)^T. pos_q (B|1, L, d), pos_k (B|1, S, d) ->
+    (q_lin(pos_q) * (d_h * attn_scale_factor)^-1/2) keys^T. pos_q (B|1, L, d), keys from position_keys ->
     (B|1, h, L, S). The projections are the owner's modules (`pos_q_linear`, `self_pos_q_linear`, ...)."""
-
-    def split(x: Tensor) -> Tensor:
-        return x.view(x.size(0), x.size(1), heads, -1).transpose(1, 2)
-
-    d_h = pos_q.size(-1) // heads
-    q = split(q_lin(pos_q)) * float(d_h * attn_scale_factor) ** -0.5
-    return torch.matmul(q, split(k_lin(pos_k)).transpose(2, 3))
+    q = q_lin(pos_q)
+    q = q.view(q.size(0), q.size(1), heads, -1).transpose(1, 2) * float(keys.size(-1) * attn_scale_factor) ** -0.5
+    return torch.matmul(q, keys.transpose(2, 3))
 
 
 def token_rel_buckets(q_len: int, k_len: int, bucket_size: int, device: torch.device | None = None,
