@@ -323,7 +323,7 @@ def test_train_init_starts_a_nar_run_from_an_ar_model_file(tiny, ar_zero2_bf16):
     start, _ = load(init)
     state, init_state = module_state(out / "checkpoints" / ck.tag_for(1)), start.state_dict()
     assert set(state) - set(init_state) == {"queries"}
-    for key, value in init_state.items():
+    for key, value in start.named_parameters():  # (BatchNorm's running statistics move with the batch)
         assert torch.allclose(state[key].float(), value, atol=1e-6), key
     assert json.loads((out / "checkpoints" / "run.json").read_text())["identity"]["init"]["sha256"] == \
         ck.file_sha256(init)
