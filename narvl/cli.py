@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("narvl.data.preview", "render a PNG grid of samples from a shard, as the model sees them"),
     "train": ("narvl.train.main", "train the NAR model or the AR baseline with DeepSpeed"),
     "distill": ("narvl.train.distill", "decode the training set with an AR teacher into knowledge-distillation shards"),
+    "import-ofa": ("narvl.ofa_import", "convert an OFA fairseq checkpoint into a narvl model file (ar or nar)"),
     "export": ("narvl.train.export", "write a self-describing fp32 model file from a training checkpoint"),
     "decode": ("narvl.decode.run", "decode a split with an exported model into a predictions file"),
     "score": ("narvl.eval.score", "score predictions with the official metrics into a metrics JSON"),

@@ -106,41 +106,46 @@ class DataParams:
 # -------------------------------------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class ArchParams:
-    """One architecture. The presets below are the paper's OFA scales (tiny/base/large) and a small CPU default."""
+    """One OFA architecture (docs/model.md). The presets below are OFA's released sizes (fairseq args in
+    tests/fixtures/ofa/real_ofa_fairseq_keys.json) and a small CPU default of the same architecture."""
 
     d_model: int
     heads: int
     encoder_layers: int
     decoder_layers: int
     ffn_dim: int
-    dropout: float
-    resnet_block: Literal["basic", "bottleneck"]
-    resnet_layers: list[int]  # blocks in stages 1-3 (cut after stage 3)
-    resnet_width: int  # channels after the stem
-    image_grid: int  # rows/columns of the 2-D patch position table (image side / 16; OFA's 42 covers 672 px)
-    max_source_len: int
-    max_target_len: int
+    dropout: float  # after the embeddings, each attention block and each FFN (OFA's --dropout)
+    resnet_layers: list[int]  # Bottleneck blocks in stages 1-3 (OFA cuts the ResNet after stage 3)
+    resnet_width: int  # channels after the stem; OFA's is 64 (stage widths 64/128/256, 1024 output channels)
+    image_bucket_size: int  # rows/columns of the image position grid (OFA's 42: images up to 672 px a side)
+    token_bucket_size: int  # text relative-position buckets (OFA's 256)
+    attn_scale_factor: float  # queries scaled by (head_dim * attn_scale_factor)^-1/2 (OFA's 2)
+    max_source_len: int  # text positions of the encoder (OFA's max_source_positions; the table has 2 more rows)
+    max_target_len: int  # decoder positions (OFA's max_target_positions)
 
 
+def _ofa(d: int, heads: int, enc: int, dec: int, blocks: list[int]) -> ArchParams:
+    return ArchParams(d_model=d, heads=heads, encoder_layers=enc, decoder_layers=dec, ffn_dim=4 * d, dropout=0.1,
+                      resnet_layers=blocks, resnet_width=64, image_bucket_size=42, token_bucket_size=256,
+                      attn_scale_factor=2.0, max_source_len=1024, max_target_len=1024)
+
+
+RESNET50, RESNET101, RESNET152 = [3, 4, 6], [3, 4, 23], [3, 8, 36]
 PRESETS: dict[str, ArchParams] = {
     "cpu": ArchParams(d_model=64, heads=4, encoder_layers=2, decoder_layers=2, ffn_dim=256, dropout=0.1,
-                      resnet_block="basic", resnet_layers=[1, 1, 1], resnet_width=16, image_grid=42,
-                      max_source_len=128, max_target_len=32),
-    "tiny": ArchParams(d_model=256, heads=4, encoder_layers=4, decoder_layers=4, ffn_dim=1024, dropout=0.1,
-                       resnet_block="bottleneck", resnet_layers=[3, 4, 6], resnet_width=64, image_grid=42,
-                       max_source_len=256, max_target_len=256),
-    "base": ArchParams(d_model=768, heads=12, encoder_layers=6, decoder_layers=6, ffn_dim=3072, dropout=0.1,
-                       resnet_block="bottleneck", resnet_layers=[3, 4, 23], resnet_width=64, image_grid=42,
-                       max_source_len=1024, max_target_len=1024),
-    "large": ArchParams(d_model=1024, heads=16, encoder_layers=12, decoder_layers=12, ffn_dim=4096, dropout=0.1,
-                        resnet_block="bottleneck", resnet_layers=[3, 8, 36], resnet_width=64, image_grid=42,
-                        max_source_len=1024, max_target_len=1024),
+                      resnet_layers=[1, 1, 1], resnet_width=8, image_bucket_size=42, token_bucket_size=256,
+                      attn_scale_factor=2.0, max_source_len=128, max_target_len=32),
+    "tiny": _ofa(256, 4, 4, 4, RESNET50),
+    "medium": _ofa(512, 8, 4, 4, RESNET101),
+    "base": _ofa(768, 12, 6, 6, RESNET101),
+    "large": _ofa(1024, 16, 12, 12, RESNET152),
+    "huge": _ofa(1280, 16, 24, 12, RESNET152),
 }
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    preset: Literal["cpu", "tiny", "base", "large"]
+    preset: Literal["cpu", "tiny", "medium", "base", "large", "huge"]
     # fields of ArchParams to change on top of the preset, e.g. {dropout: 0.0}
     overrides: dict[str, Any]
     # N learnable query slots of the NAR decoder per task (the paper: 20 caption, 6 VQA, 5 grounding, 3 entailment)
@@ -159,6 +164,12 @@ class ModelParams:
 @dataclass(frozen=True)
 class TrainParams:
     seed: int
+    # start from these weights (null: from scratch): a narvl model file (`narvl import-ofa`, `narvl export`) or an
+    # OFA fairseq checkpoint (ofa_*.pt; its vocabulary rows are reordered into the run's tokenizer via init_bpe_dir)
+    init: str | None
+    init_bpe_dir: str | None  # OFA's utils/BPE folder (encoder.json, dict.txt): needed when init is an OFA checkpoint
+    # per task, train.* fields that differ from the values below (e.g. NARVL's per-task lr and batch)
+    task_overrides: dict[str, dict[str, Any]]
     nproc: int  # data-parallel processes on one node (CPU: gloo; GPU: nccl, one per GPU)
     steps: dict[Task, int]
     global_batch: int  # must equal micro_batch * grad_accum * world size
@@ -190,6 +201,17 @@ class TrainParams:
     # `narvl bench train`: steps per measurement and the process counts compared (micro_batch per process fixed)
     bench_steps: int
     bench_nprocs: list[int]
+
+    def for_task(self, task: str, where: str = "train params") -> "TrainParams":
+        """These parameters with train.task_overrides[task] applied (checked like the file's own values)."""
+        over = self.task_overrides.get(task, {})
+        known = {f.name for f in dataclasses.fields(TrainParams)} - {"task_overrides", "init", "init_bpe_dir"}
+        for key in over:
+            if key not in known:
+                raise NarvlError(f"{where}: train.task_overrides.{task}.{key}: not a per-task train field"
+                                 f"{_suggest(key, known)}")
+        merged = {**dataclasses.asdict(self), **over, "task_overrides": {}}
+        return _build(TrainParams, merged, f"train.task_overrides.{task}", where)
 
 
 # ------------------------------------------------------------------------------------------------------- decode

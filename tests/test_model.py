@@ -13,13 +13,13 @@ from torch import nn
 from narvl import model as narvl_model
 from narvl.errors import NarvlError
 from narvl.model import build_model
-from narvl.model.encoder import ResNetTrunk
+from narvl.model.resnet import ResNet
 from narvl.params import PRESETS
 
 SPECIAL = {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "blank": 4}
 V = 40
 TINY = dataclasses.replace(PRESETS["cpu"], d_model=32, heads=2, encoder_layers=2, decoder_layers=2, ffn_dim=64,
-                           resnet_width=8, dropout=0.0, max_source_len=16, max_target_len=12)
+                           resnet_width=4, dropout=0.0, max_source_len=16, max_target_len=12)
 
 
 def inputs(b=2, s=6, size=32, seed=0):
@@ -162,8 +162,10 @@ def test_beam_of_one_is_greedy_and_items_are_independent():
     m = spread(build_model("ar", TINY, V, 5, SPECIAL), seed=8).eval()
     images, src, mask = inputs(b=3, seed=9)
     with torch.no_grad():
-        memory, padding = m.encode(images, src, mask)
-        assert m._beam(memory, padding, 10, 1, 1.0, 0, True) == m.generate(images, src, mask, max_len=10)
+        banned = torch.zeros(V, dtype=torch.bool)
+        banned[[SPECIAL["pad"], SPECIAL["bos"], SPECIAL["blank"]]] = True
+        assert m._beam(m.encode(images, src, mask), 10, 1, 1.0, 0, True, banned) == m.generate(images, src, mask,
+                                                                                              max_len=10)
     batched = m.generate(images, src, mask, max_len=10, beam_size=4, length_penalty=0.5)
     single = [m.generate(images[i:i + 1], src[i:i + 1], mask[i:i + 1], max_len=10, beam_size=4,
                          length_penalty=0.5)[0] for i in range(3)]
@@ -171,7 +173,7 @@ def test_beam_of_one_is_greedy_and_items_are_independent():
     assert len({tuple(r) for r in batched}) > 1
 
 
-@pytest.mark.parametrize("preset", ["cpu", "tiny", "base", "large"])
+@pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_builds_with_the_paper_trunk(preset):
     arch = PRESETS[preset]
     with torch.device("meta"):
@@ -182,27 +184,28 @@ def test_every_preset_builds_with_the_paper_trunk(preset):
         ar = build_model("ar", arch, 1200, 20, SPECIAL).eval()
         ar_logits = ar(images, src, torch.zeros(2, 5, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.long))
     assert logits.shape == (2, 20, 1200) and ar_logits.shape == (2, 3, 1200)
-    if preset in ("tiny", "base", "large"):  # ResNet-50/101/152 cut after stage 3, as torchvision builds them
-        ref = {"tiny": torchvision.models.resnet50, "base": torchvision.models.resnet101,
-               "large": torchvision.models.resnet152}[preset]
+    if preset != "cpu":  # ResNet-50/101/152 cut after stage 3, as torchvision builds them
+        ref = {"tiny": torchvision.models.resnet50, "medium": torchvision.models.resnet101,
+               "base": torchvision.models.resnet101, "large": torchvision.models.resnet152,
+               "huge": torchvision.models.resnet152}[preset]
         with torch.device("meta"):
             tv = ref()
         expected = sum(p.numel() for mod in (tv.conv1, tv.bn1, tv.layer1, tv.layer2, tv.layer3)
                        for p in mod.parameters())
-        assert sum(p.numel() for p in m.encoder.trunk.parameters()) == expected
-        assert m.encoder.trunk.out_channels == 1024
+        assert sum(p.numel() for p in m.encoder.embed_images.parameters()) == expected
+        assert m.encoder.embed_images.out_channels == 1024
 
 
 def test_trunk_has_stride_16():
-    trunk = ResNetTrunk("basic", [1, 1, 1], 8).eval()
+    trunk = ResNet([1, 1, 1], 8).eval()
     with torch.no_grad():
-        assert trunk(torch.zeros(1, 3, 64, 96)).shape == (1, 32, 4, 6)
+        assert trunk(torch.zeros(1, 3, 64, 96)).shape == (1, 128, 4, 6)
 
 
-def test_image_larger_than_position_table_is_refused():
-    m = build_model("nar", dataclasses.replace(TINY, image_grid=2), V, 5, SPECIAL).eval()
+def test_image_larger_than_position_grid_is_refused():
+    m = build_model("nar", dataclasses.replace(TINY, image_bucket_size=2), V, 5, SPECIAL).eval()
     images, src, mask = inputs(size=48)
-    with pytest.raises(ValueError, match="position table"):
+    with pytest.raises(ValueError, match="image_bucket_size"):
         m(images, src, mask)
 
 
@@ -302,3 +305,27 @@ def test_qctc_teaches_the_nar_model_its_targets():
     m.eval()
     with torch.no_grad():
         assert greedy_decode(F.log_softmax(m(images, src, mask), -1), SPECIAL["blank"]) == targets
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_generation_restricted_to_allowed_tokens(beam_size):
+    """allowed (grounding: the <bin> tokens) limits every generated token; EOS stays possible; greedy under the
+    constraint is the argmax over the allowed tokens of the teacher-forced logits."""
+    m = spread(build_model("ar", TINY, V, 5, SPECIAL), seed=11).eval()
+    images, src, mask = inputs(b=2, seed=12)
+    allowed = torch.zeros(V, dtype=torch.bool)
+    allowed[20:30] = True
+    free = m.generate(images, src, mask, max_len=6, beam_size=beam_size, min_len=6)  # full length, EOS last
+    assert any(t not in range(20, 30) for row in free for t in row)  # the constraint changes something
+    out = m.generate(images, src, mask, max_len=6, beam_size=beam_size, min_len=6, allowed=allowed)
+    assert all(len(row) == 5 and all(20 <= t < 30 for t in row) for row in out)
+    if beam_size == 1:
+        for i, row in enumerate(out):
+            with torch.no_grad():
+                logits = m(images[i:i + 1], src[i:i + 1], mask[i:i + 1], torch.tensor([[SPECIAL["bos"]] + row]))[0]
+            logits[:, ~allowed] = -torch.inf
+            assert logits[:len(row)].argmax(-1).tolist() == row
+    short = m.generate(images, src, mask, max_len=6, beam_size=beam_size, allowed=allowed)  # EOS stays allowed
+    assert all(len(row) <= 5 and all(20 <= t < 30 for t in row) for row in short)
+    with pytest.raises(ValueError, match="allowed"):
+        m.generate(images, src, mask, max_len=6, allowed=torch.ones(V - 1, dtype=torch.bool))

@@ -22,7 +22,8 @@ def test_every_stage_loads_from_params_dir():
 
 @pytest.mark.parametrize(
     "preset, d, heads, enc, dec, depth",
-    [("tiny", 256, 4, 4, 4, [3, 4, 6]), ("base", 768, 12, 6, 6, [3, 4, 23]), ("large", 1024, 16, 12, 12, [3, 8, 36])],
+    [("tiny", 256, 4, 4, 4, [3, 4, 6]), ("medium", 512, 8, 4, 4, [3, 4, 23]), ("base", 768, 12, 6, 6, [3, 4, 23]),
+     ("large", 1024, 16, 12, 12, [3, 8, 36]), ("huge", 1280, 16, 24, 12, [3, 8, 36])],
 )
 def test_presets_match_the_paper_scales(preset, d, heads, enc, dec, depth):
     arch = params.PRESETS[preset]
@@ -72,8 +73,8 @@ def test_missing_key_and_wrong_top_level(tmp_path):
 
 
 def test_literal_and_override_checks(tmp_path):
-    with pytest.raises(NarvlError, match=r"model\.preset: 'huge' is not one of"):
-        params.load(write(tmp_path, "model.yaml", "model: {preset: huge, overrides: {}, num_queries: {}}\n"))
+    with pytest.raises(NarvlError, match=r"model\.preset: 'gigantic' is not one of"):
+        params.load(write(tmp_path, "model.yaml", "model: {preset: gigantic, overrides: {}, num_queries: {}}\n"))
     model = params.load(write(tmp_path, "model.yaml", "model: {preset: cpu, overrides: {dropot: 0.0}, num_queries: {}}\n"))
     with pytest.raises(NarvlError, match=r"model\.overrides\.dropot: unknown architecture field \(did you mean 'dropout'\?\)"):
         model.arch()
@@ -93,3 +94,15 @@ def test_bench_imports_only_the_chosen_benchmark(capsys):
         cli_main(["bench", "data", "--help"])
     assert exit_info.value.code == 0
     assert "--shards" in capsys.readouterr().out
+
+
+def test_task_overrides_apply_to_one_task_and_are_checked():
+    train = params.load("params/real/train.yaml")
+    assert train.for_task("vqa").lr == 5.0e-5 and train.for_task("vqa").global_batch == 512
+    assert train.for_task("caption").lr == 1.0e-5 and train.lr == 1.0e-4
+    assert train.for_task("vqa").task_overrides == {}
+    bad = dataclasses.replace(train, task_overrides={"vqa": {"lrr": 1.0}})
+    with pytest.raises(NarvlError, match=r"task_overrides\.vqa\.lrr: not a per-task train field \(did you mean 'lr'"):
+        bad.for_task("vqa")
+    with pytest.raises(NarvlError, match=r"expected a number"):
+        dataclasses.replace(train, task_overrides={"vqa": {"lr": "fast"}}).for_task("vqa")

@@ -329,3 +329,24 @@ def test_srun_tasks_train_as_ranks_like_torchrun(tiny, uninterrupted):
     ref, _ = uninterrupted
     a, b = module_state(ref / "checkpoints" / ck.tag_for(40)), module_state(out / "checkpoints" / ck.tag_for(40))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_init_starts_a_nar_run_from_an_ar_model_file(tiny, ar_zero2_bf16):
+    """train.init names the exported AR model: the NAR run starts from its encoder and decoder (one step at a
+    vanishing learning rate leaves them in place); only the query vectors are new."""
+    from narvl.model import load
+
+    init = ar_zero2_bf16 / "model.pt"
+    params = T.make_params(ROOT / "params", tiny["dir"] / "params-init", steps={"caption": 1, "vqa": 1,
+                                                                                 "grounding": 1},
+                           lr=1.0e-12, warmup_steps=0, init=str(init))
+    out = tiny["dir"] / "caption-nar-init"
+    proc = run_narvl(*train_args(tiny, out, kind="nar", params=params))
+    assert "initial weights from" in proc.stderr
+    start, _ = load(init)
+    state, init_state = module_state(out / "checkpoints" / ck.tag_for(1)), start.state_dict()
+    assert set(state) - set(init_state) == {"queries"}
+    for key, value in start.named_parameters():  # (BatchNorm's running statistics move with the batch)
+        assert torch.allclose(state[key].float(), value, atol=1e-6), key
+    assert json.loads((out / "checkpoints" / "run.json").read_text())["identity"]["init"]["sha256"] == \
+        ck.file_sha256(init)

@@ -147,6 +147,14 @@ def real_preset_on_placeholders(tmp_path: Path) -> Path:
     readme.write_text("<!-- narvl:results:start -->\n<!-- narvl:results:end -->\n")
     doc["pipeline"]["readme"] = str(readme)
     (params / "pipeline.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    train = yaml.safe_load((params / "train.yaml").read_text())  # train.init: OFA-base and its BPE folder
+    init = tmp_path / "disk" / train["train"]["init"].lstrip("/")
+    bpe = tmp_path / "disk" / train["train"]["init_bpe_dir"].lstrip("/")
+    init.parent.mkdir(parents=True, exist_ok=True)
+    init.touch()
+    bpe.mkdir(parents=True, exist_ok=True)
+    train["train"].update(init=str(init), init_bpe_dir=str(bpe))
+    (params / "train.yaml").write_text(yaml.safe_dump(train, sort_keys=False))
     return params
 
 
@@ -183,6 +191,7 @@ def test_real_preset_dry_run(tmp_path):
     assert all(p.startswith(str(tmp_path / "out")) for j in jobs for p in j["output"]), "outputs outside out/"
     train = next(j for j in jobs if j["rule"] == "train")
     assert str(params / "train.yaml") in train["input"]
+    assert str(tmp_path / "disk" / "path/to/ofa_base.pt") in train["input"]  # train.init is the run's input
     # GPU resources reach the training jobs
     proc = snakemake("-n", "--forceall", "--nocolor", "--config", f"params_dir={params}")
     text = proc.stdout + proc.stderr

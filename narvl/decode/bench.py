@@ -23,7 +23,7 @@ Two modes:
                       `nar-kd`); inputs are the first samples of the task's first evaluation split
                       (pipeline.eval_splits) read from --shards/<task> with --shards/tokenizer.json; AR generation
                       stops at EOS (at most decode.max_len[task] tokens): the decoding cost the results table shows.
-  --preset NAME       randomly initialised AR and NAR models of an architecture preset (cpu/tiny/base/large)
+  --preset NAME       randomly initialised AR and NAR models of an architecture preset (cpu/tiny/medium/base/large/huge)
                       sharing one encoder's weights; random images of data.shard.image_size[task] pixels and
                       data.loader.max_source_len prompt tokens; N = model.num_queries[task] and AR generation
                       forced to exactly decode.max_len[task] tokens (EOS suppressed until the last step), so the
@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from narvl.params import PRESETS
+
 PAPER_SPEEDUP = {"grounding": 2.4, "vqa": 12.7, "caption": 7.2, "entailment": 1.4}
 ENCODER = "encoder"  # the method name of the encoder-only measurement
 log = logging.getLogger("narvl.bench.decode")
@@ -55,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", required=True, type=Path, help="params folder (model, data, decode, pipeline)")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--models", nargs="+", type=Path, help="exported model files (one AR and NAR files per task)")
-    mode.add_argument("--preset", choices=["cpu", "tiny", "base", "large"], help="random models of this preset")
+    mode.add_argument("--preset", choices=list(PRESETS), help="random models of this preset")
     parser.add_argument("--shards", type=Path, help="shards root (<root>/<task>/, <root>/tokenizer.json); --models")
     parser.add_argument("--tasks", nargs="+", help="only these tasks (default: all the mode provides)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -143,7 +145,6 @@ def _preset_setups(args, prm) -> list[dict[str, Any]]:
     import torch
 
     from narvl.model import build_model
-    from narvl.params import PRESETS
 
     arch = PRESETS[args.preset]
     data = prm["data"]

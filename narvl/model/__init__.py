@@ -1,4 +1,4 @@
-"""narvl models: the NAR model (N queries + Q-CTC) and the AR baseline over one OFA-style encoder.
+"""narvl models: the NAR model (N queries + Q-CTC) and the AR baseline over OFA's encoder (OFA's exact architecture).
 
     build_model(kind, arch, vocab_size, num_queries, special_ids) -> NARModel | ARModel
     save(path, model, meta)   the self-describing fp32 file (`narvl-model-v1`, docs/design.md)

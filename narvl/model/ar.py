@@ -1,8 +1,9 @@
-"""The AR baseline (OFA): the same encoder, a causal decoder, teacher forcing, KV-cached generation.
+"""The AR baseline (OFA): OFA's encoder and decoder, teacher forcing, KV-cached generation.
 
-    forward: prev_tokens (B, T) = [bos, y_1 .. y_{T-1}] --embed + positions, causal decoder--> logits (B, T, V)
+    forward: prev_tokens (B, T) = [bos, y_1 .. y_{T-1}] --embed, causal decoder (pad keys masked)--> logits (B, T, V)
     generate: greedy (beam_size 1) or beam search with a per-layer key/value cache; returns token ids
               without bos/eos. `max_len` counts generated tokens, EOS included: at step max_len EOS is forced.
+              `allowed` (V,) bool restricts the output tokens (OFA's constraint to <bin> tokens for grounding).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from narvl.model.decoder import Decoder
-from narvl.model.encoder import Encoder
+from narvl.model.encoder import Encoder, EncoderOut
 from narvl.params import ArchParams
 
 # tokens the AR decoder never emits: padding, the start token and the CTC blank (NAR only)
@@ -29,31 +30,33 @@ class ARModel(nn.Module):
         self.encoder = Encoder(arch, vocab_size)
         self.decoder = Decoder(arch)
 
-    def encode(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
-        return self.encoder(images, src_tokens, src_mask)
+    def encode(self, images: Tensor | None, src_tokens: Tensor, src_mask: Tensor,
+               patch_masks: Tensor | None = None) -> EncoderOut:
+        return self.encoder(images, src_tokens, src_mask, patch_masks)
 
-    def decode(self, prev_tokens: Tensor, memory: Tensor, memory_padding: Tensor, offset: int = 0,
-               caches: list[dict[str, Tensor]] | None = None) -> Tensor:  # (B, L) -> logits (B, L, V)
+    def decode(self, tokens: Tensor, enc: EncoderOut, caches: list[dict[str, Tensor]] | None = None) -> Tensor:
+        """tokens (B, T) the whole prefix [bos, ...] -> logits (B, L, V) of its last L positions: all T without a
+        cache, only the newest (L = 1) with `caches` (earlier keys/values come from the cache)."""
         emb = self.encoder.embed_tokens
-        return self.decoder(emb(prev_tokens), memory, memory_padding, emb, causal=True, offset=offset,
-                            caches=caches)
+        padding = tokens.eq(self.special_ids["pad"])  # (B, T): pad keys are masked, as OFA does
+        if caches is not None and "k" in caches[0]:
+            offset = tokens.size(1) - 1
+            return self.decoder(emb(tokens[:, offset:]), enc, emb, causal=True, offset=offset, self_padding=padding,
+                                caches=caches)
+        return self.decoder(emb(tokens), enc, emb, causal=True, self_padding=padding, caches=caches)
 
-    def forward(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor, prev_tokens: Tensor) -> Tensor:
+    def forward(self, images: Tensor | None, src_tokens: Tensor, src_mask: Tensor, prev_tokens: Tensor,
+                patch_masks: Tensor | None = None) -> Tensor:
         """prev_tokens (B, T) starting with bos -> logits (B, T, V) predicting the next token at each position."""
-        return self.decode(prev_tokens, *self.encode(images, src_tokens, src_mask))
+        return self.decode(prev_tokens, self.encode(images, src_tokens, src_mask, patch_masks))
 
     # ------------------------------------------------------------------------------------------- generation
-    def _next_log_probs(self, tokens: Tensor, memory: Tensor, padding: Tensor, caches, step: int, max_len: int,
-                        min_len: int) -> Tensor:
+    def _next_log_probs(self, tokens: Tensor, enc: EncoderOut, caches, step: int, max_len: int,
+                        min_len: int, banned: Tensor) -> Tensor:
         """Log-probabilities (B', V) float32 of the token at position `step` (0-based, after bos)."""
-        if caches is None:  # full recomputation of every position
-            logits = self.decode(tokens, memory, padding)[:, -1]
-        else:  # only the newest token; earlier keys/values come from the cache
-            logits = self.decode(tokens[:, -1:], memory, padding, offset=step, caches=caches)[:, -1]
-        logp = F.log_softmax(logits.float(), dim=-1)  # (B', V)
+        logits = self.decode(tokens, enc, caches)[:, -1]  # full recomputation, or the newest token with a cache
+        logp = F.log_softmax(logits.float(), dim=-1).masked_fill(banned, -torch.inf)  # (B', V)
         eos = self.special_ids["eos"]
-        for name in BANNED:
-            logp[:, self.special_ids[name]] = -torch.inf
         if step == max_len - 1:  # the last allowed position: EOS only
             forced = torch.full_like(logp, -torch.inf)
             forced[:, eos] = logp[:, eos]
@@ -63,34 +66,49 @@ class ARModel(nn.Module):
         return logp
 
     @torch.no_grad()
-    def generate(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor, max_len: int, beam_size: int = 1,
-                 length_penalty: float = 1.0, min_len: int = 0, use_cache: bool = True) -> list[list[int]]:
+    def generate(self, images: Tensor | None, src_tokens: Tensor, src_mask: Tensor, max_len: int, beam_size: int = 1,
+                 length_penalty: float = 1.0, min_len: int = 0, use_cache: bool = True,
+                 allowed: Tensor | None = None, patch_masks: Tensor | None = None) -> list[list[int]]:
         """Token ids per item (no bos/eos). beam_size 1 is greedy.
 
         Finished beam hypotheses are ranked by sum log p / length ** length_penalty (length counts EOS), as in
         fairseq. `min_len` suppresses EOS at steps before it (min_len >= max_len forces full-length generation,
-        EOS at step max_len, as the benchmark does). `use_cache=False` recomputes every position at every step (for tests).
+        EOS at step max_len, as the benchmark does). `use_cache=False` recomputes every position at every step (for
+        tests). `allowed` (V,) bool: only these tokens (and EOS, always) may be generated, e.g. the <bin> tokens
+        for grounding as OFA constrains it; pad, bos and the blank stay banned whatever it says.
         """
         if max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {max_len}")
         if max_len > self.arch.max_target_len:
             raise ValueError(f"max_len {max_len} exceeds max_target_len {self.arch.max_target_len}")
-        memory, padding = self.encode(images, src_tokens, src_mask)
+        enc = self.encode(images, src_tokens, src_mask, patch_masks)
+        banned = torch.zeros(self.vocab_size, dtype=torch.bool, device=src_tokens.device)
+        if allowed is not None:
+            if allowed.shape != (self.vocab_size,) or allowed.dtype != torch.bool:
+                raise ValueError(f"allowed must be a bool tensor of shape ({self.vocab_size},), "
+                                 f"got {allowed.dtype} {tuple(allowed.shape)}")
+            banned |= ~allowed.to(banned.device)
+            banned[self.special_ids["eos"]] = False
+        for name in BANNED:
+            banned[self.special_ids[name]] = True
+        if bool(banned.all()):
+            raise ValueError("allowed leaves no token to generate")
         if beam_size == 1:
-            return self._greedy(memory, padding, max_len, min_len, use_cache)
-        return self._beam(memory, padding, max_len, beam_size, length_penalty, min_len, use_cache)
+            return self._greedy(enc, max_len, min_len, use_cache, banned)
+        return self._beam(enc, max_len, beam_size, length_penalty, min_len, use_cache, banned)
 
     def _new_caches(self, use_cache: bool):
         return [{} for _ in self.decoder.layers] if use_cache else None
 
-    def _greedy(self, memory, padding, max_len, min_len, use_cache) -> list[list[int]]:
+    def _greedy(self, enc: EncoderOut, max_len, min_len, use_cache, banned) -> list[list[int]]:
+        memory = enc.memory
         b = memory.size(0)
         bos, eos, pad = (self.special_ids[k] for k in ("bos", "eos", "pad"))
         tokens = torch.full((b, 1), bos, dtype=torch.long, device=memory.device)  # (B, 1 + step)
         finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
         caches = self._new_caches(use_cache)
         for step in range(max_len):
-            nxt = self._next_log_probs(tokens, memory, padding, caches, step, max_len, min_len).argmax(-1)  # (B,)
+            nxt = self._next_log_probs(tokens, enc, caches, step, max_len, min_len, banned).argmax(-1)  # (B,)
             nxt = nxt.masked_fill(finished, pad)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
             finished |= nxt == eos
@@ -101,11 +119,11 @@ class ARModel(nn.Module):
             out.append(row[:row.index(eos)] if eos in row else row)
         return out
 
-    def _beam(self, memory, padding, max_len, k, length_penalty, min_len, use_cache) -> list[list[int]]:
-        b, device = memory.size(0), memory.device
+    def _beam(self, enc: EncoderOut, max_len, k, length_penalty, min_len, use_cache, banned) -> list[list[int]]:
+        b, device = enc.memory.size(0), enc.memory.device
         bos, eos = self.special_ids["bos"], self.special_ids["eos"]
-        memory = memory.repeat_interleave(k, dim=0)  # (B*K, S, d), beams of item i at rows i*K..i*K+K-1
-        padding = padding.repeat_interleave(k, dim=0)
+        # (B*K, S, d), beams of item i at rows i*K..i*K+K-1
+        enc = EncoderOut(*(t.repeat_interleave(k, dim=0) for t in enc))
         tokens = torch.full((b * k, 1), bos, dtype=torch.long, device=device)  # (B*K, 1 + step)
         scores = torch.full((b, k), -torch.inf, device=device)
         scores[:, 0] = 0.0  # all beams start identical: keep one
@@ -113,7 +131,7 @@ class ARModel(nn.Module):
         done = [False] * b
         caches = self._new_caches(use_cache)
         for step in range(max_len):
-            logp = self._next_log_probs(tokens, memory, padding, caches, step, max_len, min_len)  # (B*K, V)
+            logp = self._next_log_probs(tokens, enc, caches, step, max_len, min_len, banned)  # (B*K, V)
             v = logp.size(-1)
             cand = (scores[:, :, None] + logp.view(b, k, v)).view(b, k * v)  # (B, K*V)
             top_val, top_idx = cand.topk(min(2 * k, k * v), dim=-1)  # (B, 2K)

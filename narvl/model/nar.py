@@ -1,8 +1,9 @@
 """The NAR model: N learnable queries decoded in parallel against the encoder (NARVL).
 
-    images, src_tokens, src_mask --Encoder--> memory (B, P+S, d)
-    queries (N, d) + slot positions --decoder layers (full self-attention, cross-attention)--> (B, N, d)
-        --tied projection--> logits (B, N, V), V including the CTC blank
+    images, src_tokens, src_mask --OFA's encoder--> memory (B, P+S, d)
+    queries (N, d) as the decoder's inputs, slot n at decoder position n (position biases over the slots)
+        --OFA's decoder layers (full self-attention, no causal mask; cross-attention)--> (B, N, d)
+        --tied projection--> logits (B, N, V), V including the CTC blank (a row of the token embedding)
 
 Training applies Q-CTC (`narvl.loss.qctc`) to log_softmax(logits); decoding collapses the N slots
 (`narvl.decode.ctc`). The model returns outputs only; the loss is separate.
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from narvl.model.decoder import Decoder
-from narvl.model.encoder import Encoder
+from narvl.model.encoder import Encoder, EncoderOut
 from narvl.params import ArchParams
 
 
@@ -31,14 +32,17 @@ class NARModel(nn.Module):
         self.queries = nn.Parameter(torch.randn(num_queries, arch.d_model) * 0.02)  # (N, d)
         self.decoder = Decoder(arch)
 
-    def encode(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
-        return self.encoder(images, src_tokens, src_mask)
+    def encode(self, images: Tensor | None, src_tokens: Tensor, src_mask: Tensor,
+               patch_masks: Tensor | None = None) -> EncoderOut:
+        return self.encoder(images, src_tokens, src_mask, patch_masks)
 
-    def decode(self, memory: Tensor, memory_padding: Tensor) -> Tensor:  # -> logits (B, N, V)
-        x = self.queries.unsqueeze(0).expand(memory.size(0), -1, -1)  # (B, N, d)
-        return self.decoder(x, memory, memory_padding, self.encoder.embed_tokens, causal=False)
+    def decode(self, enc: EncoderOut) -> Tensor:  # -> logits (B, N, V)
+        x = self.queries.unsqueeze(0).expand(enc.memory.size(0), -1, -1)  # (B, N, d)
+        return self.decoder(x, enc, self.encoder.embed_tokens, causal=False)
 
-    def forward(self, images: Tensor, src_tokens: Tensor, src_mask: Tensor) -> Tensor:
-        """images (B, 3, H, W), src_tokens (B, S), src_mask (B, S) True at padding -> logits (B, N, V)."""
-        return self.decode(*self.encode(images, src_tokens, src_mask))
+    def forward(self, images: Tensor | None, src_tokens: Tensor, src_mask: Tensor,
+                patch_masks: Tensor | None = None) -> Tensor:
+        """images (B, 3, H, W) or None, src_tokens (B, S), src_mask (B, S) True at padding, patch_masks (B,) bool
+        (False: that sample's image is padding) -> logits (B, N, V)."""
+        return self.decode(self.encode(images, src_tokens, src_mask, patch_masks))
 

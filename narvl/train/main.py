@@ -1,6 +1,6 @@
 """Train the NAR model (Q-CTC over N query slots) or the AR baseline (teacher-forced cross-entropy) with DeepSpeed.
 
-Reads   --params DIR       train.yaml, model.yaml, data.yaml
+Reads   --params DIR       train.yaml, model.yaml, data.yaml (train.init: the weights to start from, narvl/train/init.py)
         --shards DIR       sizes.json and <task>-<split>-NNNNNN.tar (the train split and train.val_split[task])
         --tokenizer FILE   tokenizer.json
 Writes  --out DIR          checkpoints/ (resumable DeepSpeed checkpoints, run.json), ds_config.json (the resolved
@@ -122,7 +122,15 @@ def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
 def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
     train, model_params, data = load_params(args.params)
     where = f"{Path(args.params) / 'train.yaml'}"
+    train = train.for_task(args.task, where)
     check_train_params(train, args.task, world_size, cuda, where)
+    init = None
+    if train.init is not None:
+        init_path = Path(train.init)
+        if not init_path.is_file():
+            raise NarvlError(f"{where}: train.init: {init_path}: no such file (a narvl model file or an OFA "
+                             f"checkpoint)")
+        init = {"path": str(init_path), "sha256": ck.file_sha256(init_path)}
     arch = model_params.arch()
     if args.task not in model_params.num_queries:
         raise NarvlError(f"{Path(args.params) / 'model.yaml'}: model.num_queries has no entry for '{args.task}'")
@@ -152,7 +160,7 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
     tok_sha = ck.file_sha256(tok_path)
     identity = {"kind": args.kind, "task": args.task, "arch": dataclasses.asdict(arch),
                 "vocab_size": tokenizer.vocab_size, "num_queries": num_queries, "special_ids": special_ids,
-                "tokenizer_sha256": tok_sha}
+                "tokenizer_sha256": tok_sha, "init": init}
     run_info = {"format": "narvl-run-v1", "identity": identity, "identity_hash": ck.identity_hash(identity),
                 "zero_stage": train.zero_stage, "world_size": world_size, "precision": train.precision,
                 "tokenizer": {"path": str(tok_path), "sha256": tok_sha}}
@@ -298,6 +306,10 @@ class Trainer:
         np.random.seed(train.seed)
         torch.manual_seed(train.seed)
         model = build_model(s.kind, s.arch, s.tokenizer.vocab_size, s.num_queries, s.special_ids)
+        if train.init is not None:  # before the engine partitions anything; a resumed run then loads its checkpoint
+            from narvl.train.init import load_init
+
+            log.info("initial weights from %s", load_init(train.init, model, s.tokenizer, train.init_bpe_dir))
         engine, _, scheduler, group_names, ds_config = build_engine(model, train, total)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
         obj = Objective(kind=s.kind, special_ids=s.special_ids, label_smoothing=train.label_smoothing,

@@ -24,6 +24,7 @@ rule train:
         code=sources("narvl.train.main"),
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
+        init=[path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path],  # train.init: the starting weights
     output:
         summary=f"{RUNS}/{{task}}-{{kind}}/summary.json",
     params:

@@ -1,0 +1,40 @@
+"""OFA's image backbone (OFA-Sys/OFA models/ofa/resnet.py): a ResNet v1.5 of Bottleneck blocks (stride on the 3x3
+conv), stem and stages layer1-layer3 only, total stride 16. Module names are OFA's (`conv1`, `bn1`, `layer1.0.conv2`,
+`layer1.0.downsample.0`, ...), so `encoder.embed_images.*` of an OFA checkpoint loads by name.
+
+OFA's widths are 64/128/256 (1024 output channels) with blocks [3,4,6] (resnet50), [3,4,23] (resnet101) or
+[3,8,36] (resnet152); `width` scales them (the small CPU preset), `layers` gives the blocks per stage.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
+
+
+class ResNet(nn.Module):
+    def __init__(self, layers: list[int], width: int):
+        super().__init__()
+        if len(layers) != 3 or min(layers) < 1:
+            raise ValueError(f"resnet_layers must list 3 stages of at least one block, got {layers}")
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        inplanes = width
+        for i, blocks in enumerate(layers):
+            planes, stride = width * 2 ** i, 1 if i == 0 else 2
+            downsample = nn.Sequential(nn.Conv2d(inplanes, planes * Bottleneck.expansion, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * Bottleneck.expansion))
+            stage = [Bottleneck(inplanes, planes, stride, downsample)]
+            inplanes = planes * Bottleneck.expansion
+            stage += [Bottleneck(inplanes, planes) for _ in range(blocks - 1)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
+        self.out_channels = inplanes  # 16 * width
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, images: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, 16 width, H/16, W/16)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
+        return self.layer3(self.layer2(self.layer1(x)))

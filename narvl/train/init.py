@@ -1,0 +1,63 @@
+"""`train.init`: the weights a training run starts from, a narvl model file or an OFA fairseq checkpoint.
+
+    narvl model file (`narvl-model-v1`: `narvl import-ofa`, `narvl export`): its architecture (dropout aside),
+        vocabulary and special ids must equal the run's; a file of the other kind transfers everything but the NAR
+        query vectors (an AR file starts a NAR run with new queries; a NAR file starts an AR run without them).
+    OFA checkpoint (`{"model", "args"/"cfg"}`): mapped as `narvl import-ofa` does (narvl/ofa_import.py), the
+        architecture read from its cfg must equal the run's (dropout aside), and the embedding rows are reordered
+        into the run's tokenizer through train.init_bpe_dir (OFA's encoder.json and dict.txt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from torch import nn
+
+from narvl.errors import NarvlError
+from narvl.ofa_import import (NEW_KEYS, arch_from_checkpoint, map_state, read_checkpoint, safe_load,
+                              vocabulary_rows)
+
+
+def _check_arch(found, want, path: Path) -> None:
+    a, b = dataclasses.asdict(found), dataclasses.asdict(want)
+    diff = [f"{k}: {a[k]} (file) vs {b[k]} (params)" for k in a if k != "dropout" and a[k] != b[k]]
+    if diff:
+        raise NarvlError(f"{path}: train.init's architecture differs from model params: {'; '.join(diff)}")
+
+
+def load_init(path: str | Path, model: nn.Module, tokenizer, bpe_dir: str | Path | None) -> str:
+    """Copy the init weights into `model` (built from the run's params); returns a one-line description."""
+    from narvl import model as narvl_model
+
+    path = Path(path)
+    blob = safe_load(path)
+    if isinstance(blob, dict) and blob.get("format") == narvl_model.FORMAT:
+        source, meta = narvl_model.load(path)
+        _check_arch(source.arch, model.arch, path)
+        for key in ("vocab_size", "special_ids"):
+            if meta[key] != getattr(model, key):
+                raise NarvlError(f"{path}: train.init has {key} {meta[key]}, the run's tokenizer gives "
+                                 f"{getattr(model, key)}")
+        state = {k: v for k, v in source.state_dict().items() if k not in NEW_KEYS or source.kind == model.kind}
+        what = f"narvl {meta['kind']} model file (task {meta['task']}, step {meta['step']})"
+    else:
+        state_ofa, cfg = read_checkpoint(path, blob)
+        arch, ofa_vocab = arch_from_checkpoint(state_ofa, cfg, path)
+        _check_arch(arch, model.arch, path)
+        if bpe_dir is None:
+            raise NarvlError(f"{path}: an OFA checkpoint as train.init needs train.init_bpe_dir (OFA's utils/BPE) "
+                             f"to line its vocabulary up with the tokenizer")
+        num_bins = int(cfg.get("_task", {}).get("num_bins", 1000))
+        rows = vocabulary_rows(tokenizer, Path(bpe_dir), ofa_vocab, num_bins)
+        target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        state, ignored = map_state(state_ofa, target, path, rows)
+        what = f"OFA checkpoint ({len(state)} tensors used, {len(ignored)} ignored)"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise NarvlError(f"{path}: train.init does not fit the model: {e}") from e
+    if unexpected or set(missing) - set(NEW_KEYS):
+        raise NarvlError(f"{path}: train.init does not fit the model: missing {missing}, unexpected {unexpected}")
+    return f"{path}: {what}" + (f"; new: {', '.join(missing)}" if missing else "")
