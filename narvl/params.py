@@ -44,6 +44,9 @@ class SynthParams:
     supersample: int  # drawn at this multiple of image_size, then downsampled (anti-aliasing)
     min_objects: int
     max_objects: int
+    # object radius range [lo, hi] per size, as a fraction of image_size (a shape's box spans 1.7-2 radii)
+    small_radius: list[float]
+    large_radius: list[float]
     # images per Karpathy split: train in train2014/, restval, val and test in val2014/ (VQA train2014 / val2014).
     # RefCOCO uses the train2014 images: the last val_images of them + test_images (half testA, half testB) are its
     # evaluation splits, the rest its train split.

@@ -68,8 +68,20 @@ def _rng(p: SynthParams, image_id: int, stream: str) -> random.Random:
     return random.Random(f"narvl-synth:{p.seed}:{image_id}:{stream}")
 
 
+def make_scene(p: SynthParams, image_id: int) -> ss.Scene:
+    """The scene of one image, from its own random stream."""
+    return ss.make_scene(_rng(p, image_id, "scene"), p.image_size, p.min_objects, p.max_objects,
+                         tuple(p.small_radius), tuple(p.large_radius))
+
+
 def check(p: SynthParams) -> None:
     problems = []
+    for name, (lo, hi) in (("small_radius", p.small_radius), ("large_radius", p.large_radius)):
+        if not 0 < lo <= hi < 0.5:
+            problems.append(f"{name} must be [lo, hi] with 0 < lo <= hi < 0.5")
+    # a small shape's box (at most 2 radii) must stay below a large one's (at least 1.7 radii: the square)
+    if 2 * p.small_radius[1] >= 1.7 * p.large_radius[0]:
+        problems.append("small and large shapes overlap in size: need 2 * small_radius[1] < 1.7 * large_radius[0]")
     if not 1 <= p.min_objects <= p.max_objects:
         problems.append("need 1 <= min_objects <= max_objects")
     if p.image_size < 32:
@@ -104,7 +116,7 @@ def plan(p: SynthParams) -> list[ImageRecord]:
             k = index - (p.train_images - n_ref_eval)  # the last val+test training images are RefCOCO's eval
             refcoco = ("train" if k < 0 else "val" if k < p.val_images
                        else "testA" if k < p.val_images + n_test_a else "testB")
-        scene = ss.make_scene(_rng(p, image_id, "scene"), p.image_size, p.min_objects, p.max_objects)
+        scene = make_scene(p, image_id)
         records.append(ImageRecord(image_id, folder, split, refcoco, scene))
     return records
 
@@ -257,7 +269,7 @@ def write_snli_ve(p: SynthParams, out: Path) -> dict[str, int]:
         for _ in range(n_images):
             flickr_id = FLICKR_ID_BASE + index
             index += 1
-            scene = ss.make_scene(_rng(p, flickr_id, "scene"), p.image_size, p.min_objects, p.max_objects)
+            scene = make_scene(p, flickr_id)
             (folder / f"{flickr_id}.jpg").write_bytes(ss.render(scene, p.supersample, p.jpeg_quality))
             rng = _rng(p, flickr_id, "snli-ve")
             premise = _raw(rng, ss.captions(rng, scene, 1, p.max_caption_words)[0])

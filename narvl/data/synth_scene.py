@@ -126,8 +126,10 @@ def _separated(a: tuple[float, ...], b: tuple[float, ...], gap: float) -> bool:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-def make_scene(rng: random.Random, size: int, min_objects: int, max_objects: int) -> Scene:
-    """Sample a scene. Objects never overlap (their boxes keep a gap of 3% of the image)."""
+def make_scene(rng: random.Random, size: int, min_objects: int, max_objects: int,
+               small_radius: tuple[float, float], large_radius: tuple[float, float]) -> Scene:
+    """Sample a scene. Objects never overlap (their boxes keep a gap of 3% of the image); radii are drawn from
+    `small_radius` or `large_radius` ([lo, hi] fractions of `size`)."""
     background = rng.choice(sorted(BACKGROUNDS))
     lo, hi = BACKGROUNDS[background]
     grey = rng.randint(lo, hi)
@@ -148,7 +150,7 @@ def make_scene(rng: random.Random, size: int, min_objects: int, max_objects: int
             colour = rng.choice(sorted(COLOURS))
         kind = rng.choice(SIZES)
         for _attempt in range(60):
-            r = size * (rng.uniform(0.065, 0.085) if kind == "small" else rng.uniform(0.13, 0.16))
+            r = size * rng.uniform(*(small_radius if kind == "small" else large_radius))
             cx = rng.uniform(r + 1, size - r - 1)
             cy = rng.uniform(r + 1, size - r - 1)
             pts = shape_polygon(shape, cx, cy, r)
