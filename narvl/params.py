@@ -176,6 +176,12 @@ class TrainParams:
     label_smoothing: float
     # VQA: multiply each target's log-likelihood by its soft VQA score (the paper's choice)
     vqa_score_weights: bool
+    # location tokens (grounding): Gaussian target of this width in bins over the neighbouring <bin>s (0: one-hot),
+    # and the weight of an L1 term on the expected bin (narvl/loss/location.py); AR, and NAR with slot targets
+    loc_sigma: float
+    loc_l1_weight: float
+    # NAR grounding: one target per slot (4 box tokens + EOS on the N slots, the identity alignment) instead of Q-CTC
+    grounding_slot_targets: bool
     checkpoint_every: int
     keep_checkpoints: int  # complete checkpoints kept on disk (older ones are deleted after each save)
     # on resume, replay up to this many batches per rank to restore the exact data position; further in, the data
