@@ -70,8 +70,11 @@ def _rng(p: SynthParams, image_id: int, stream: str) -> random.Random:
 
 def make_scene(p: SynthParams, image_id: int) -> ss.Scene:
     """The scene of one image, from its own random stream."""
-    return ss.make_scene(_rng(p, image_id, "scene"), p.image_size, p.min_objects, p.max_objects,
-                         tuple(p.small_radius), tuple(p.large_radius))
+    try:
+        return ss.make_scene(_rng(p, image_id, "scene"), p.image_size, p.min_objects, p.max_objects,
+                             tuple(p.small_radius), tuple(p.large_radius))
+    except ValueError as e:
+        raise NarvlError(f"data.synth: image {image_id}: {e}") from e
 
 
 def check(p: SynthParams) -> None:
