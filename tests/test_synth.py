@@ -434,7 +434,7 @@ def test_default_language_is_right_throughout(default_repo):
     forms = check_referring_expressions(raw)
     assert sum(forms.values()) > 4000
     kinds = check_vqa_answers(raw)
-    assert set(kinds) == {"colour", "shape", "count", "exists", "relation"} and sum(kinds.values()) == 2400
+    assert set(kinds) == {"colour", "shape", "count", "exists", "relation"} and sum(kinds.values()) == 3 * default_params().train_images
 
 
 @pytest.mark.slow

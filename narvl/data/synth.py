@@ -333,27 +333,22 @@ def text_only_baseline(raw_dir: str | Path) -> dict[str, Any]:
     its question type: what a model that ignores the image can reach from the question type alone. Scored with
     the official per-question accuracy (`narvl.eval.vqa.question_accuracy`: min(#humans/3, 1) over the ten
     leave-one-out subsets, after the official answer normalisation)."""
+    from narvl.eval.baselines import vqa_majority
     from narvl.eval.vqa import question_accuracy
 
     vqa = Path(raw_dir) / "vqa"
-    train = json.loads((vqa / "v2_mscoco_train2014_annotations.json").read_text())["annotations"]
     val = json.loads((vqa / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
-    by_type: dict[str, Counter] = {}
-    for a in train:
-        by_type.setdefault(a["question_type"], Counter())[a["multiple_choice_answer"]] += 1
-    overall = Counter(a["multiple_choice_answer"] for a in train).most_common(1)[0][0]
-    majority = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
+    preds, extra = vqa_majority(vqa / "v2_mscoco_train2014_annotations.json", val)
     per_type: dict[str, list[float]] = {}
     scores = []
-    for a in val:
-        pred = majority.get(a["question_type"], overall)
-        acc = question_accuracy(pred, [x["answer"] for x in a["answers"]])
+    for a, pred in zip(val, preds):
+        acc = question_accuracy(pred["answer"], [x["answer"] for x in a["answers"]])
         scores.append(acc)
         per_type.setdefault(a["answer_type"], []).append(acc)
     return {
         "accuracy": sum(scores) / len(scores),
         "per_answer_type": {t: sum(v) / len(v) for t, v in sorted(per_type.items())},
-        "majority_answer": dict(sorted(majority.items())),
+        "majority_answer": extra["majority_answer"],
         "questions": len(scores),
     }
 
