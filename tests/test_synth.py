@@ -223,7 +223,9 @@ def test_instances_load_with_pycocotools_and_polygons_match_boxes(raw):
         m = coco.annToMask(ann)  # rasterised polygon, as the refer toolkit's getMask does
         rle = mask_utils.encode(m)
         assert mask_utils.area(rle) == pytest.approx(ann["area"], rel=0.25, abs=6)
-        assert list(mask_utils.toBbox(rle)) == pytest.approx(ann["bbox"], abs=2)  # whole pixels; thin tips
+        # whole pixels; a star's tips are thinner than a pixel over a length that grows with the star
+        tol = 2 + 0.05 * max(ann["bbox"][2:])
+        assert list(mask_utils.toBbox(rle)) == pytest.approx(ann["bbox"], abs=tol)
 
 
 # ------------------------------------------------------------- an independent reading of the pixels and the words
