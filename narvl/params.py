@@ -47,6 +47,9 @@ class SynthParams:
     supersample: int  # drawn at this multiple of image_size, then downsampled (anti-aliasing)
     min_objects: int
     max_objects: int
+    # object radius range [lo, hi] per size, as a fraction of image_size (a shape's box spans 1.7-2 radii)
+    small_radius: list[float]
+    large_radius: list[float]
     # images per Karpathy split: train in train2014/, restval, val and test in val2014/ (VQA train2014 / val2014).
     # RefCOCO uses the train2014 images: the last val_images of them + test_images (half testA, half testB) are its
     # evaluation splits, the rest its train split.
@@ -187,6 +190,12 @@ class TrainParams:
     label_smoothing: float
     # VQA: multiply each target's log-likelihood by its soft VQA score (the paper's choice)
     vqa_score_weights: bool
+    # location tokens (grounding): Gaussian target of this width in bins over the neighbouring <bin>s (0: one-hot),
+    # and the weight of an L1 term on the expected bin (narvl/loss/location.py); AR, and NAR with slot targets
+    loc_sigma: float
+    loc_l1_weight: float
+    # NAR grounding: one target per slot (4 box tokens + EOS on the N slots, the identity alignment) instead of Q-CTC
+    grounding_slot_targets: bool
     checkpoint_every: int
     keep_checkpoints: int  # complete checkpoints kept on disk (older ones are deleted after each save)
     # on resume, replay up to this many batches per rank to restore the exact data position; further in, the data

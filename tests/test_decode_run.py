@@ -204,3 +204,28 @@ def run_args(world, task, kind, out, tokenizer=None):
     return argparse.Namespace(params=Path("params/decode.yaml"), model=world["models"][task, kind],
                               shards=world["shards"] / task, split=SPLIT[task],
                               tokenizer=tokenizer or world["tok_path"], decoder="greedy", out=out)
+
+
+def test_blank_images_decode_the_blind_baseline(world, tmp_path):
+    """--blank-images: every image is zero (the mean colour after normalisation); the cell is baseline-blind."""
+    from narvl import model as narvl_model
+
+    preds = tmp_path / "vqa-val-blind.json"
+    assert cli_main(["decode", "--params", "params/decode.yaml", "--model", str(world["models"]["vqa", "ar"]),
+                     "--shards", str(world["shards"] / "vqa"), "--split", SPLIT["vqa"], "--tokenizer",
+                     str(world["tok_path"]), "--decoder", "greedy", "--out", str(preds), "--blank-images"]) == 0
+    side = json.loads(run.sidecar_path(preds).read_text())
+    assert side["blank_images"] is True and side["model"] == "baseline-blind"
+    model, _ = narvl_model.load(world["models"]["vqa", "ar"])
+    expected = []
+    for batch in eval_loader(world["shards"] / "vqa", SPLIT["vqa"], world["tok"], DATA, "vqa", 4, 0, 1):
+        batch["images"] = torch.zeros_like(batch["images"])
+        with torch.inference_mode():
+            answers = run.predict_batch(model, batch, "vqa", world["tok"], "greedy", DECODE)
+        expected += [run.record("vqa", m, a) for m, a in zip(batch["meta"], answers)]
+    assert json.loads(preds.read_text()) == expected
+    metrics = tmp_path / "m.json"
+    assert cli_main(["score", "vqa", "--params", "params/score.yaml", "--questions", str(world["qfiles"][1]),
+                     "--annotations", str(world["afiles"][1]), "--predictions", str(preds), "--out", str(metrics),
+                     "--model", "baseline-blind", "--decoder", "greedy", "--split", SPLIT["vqa"]]) == 0
+    assert json.loads(metrics.read_text())["model"] == "baseline-blind"

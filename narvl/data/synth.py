@@ -68,8 +68,23 @@ def _rng(p: SynthParams, image_id: int, stream: str) -> random.Random:
     return random.Random(f"narvl-synth:{p.seed}:{image_id}:{stream}")
 
 
+def make_scene(p: SynthParams, image_id: int) -> ss.Scene:
+    """The scene of one image, from its own random stream."""
+    try:
+        return ss.make_scene(_rng(p, image_id, "scene"), p.image_size, p.min_objects, p.max_objects,
+                             tuple(p.small_radius), tuple(p.large_radius))
+    except ValueError as e:
+        raise NarvlError(f"data.synth: image {image_id}: {e}") from e
+
+
 def check(p: SynthParams) -> None:
     problems = []
+    for name, (lo, hi) in (("small_radius", p.small_radius), ("large_radius", p.large_radius)):
+        if not 0 < lo <= hi < 0.5:
+            problems.append(f"{name} must be [lo, hi] with 0 < lo <= hi < 0.5")
+    # a small shape's box (at most 2 radii) must stay below a large one's (at least 1.7 radii: the square)
+    if 2 * p.small_radius[1] >= 1.7 * p.large_radius[0]:
+        problems.append("small and large shapes overlap in size: need 2 * small_radius[1] < 1.7 * large_radius[0]")
     if not 1 <= p.min_objects <= p.max_objects:
         problems.append("need 1 <= min_objects <= max_objects")
     if p.image_size < 32:
@@ -104,7 +119,7 @@ def plan(p: SynthParams) -> list[ImageRecord]:
             k = index - (p.train_images - n_ref_eval)  # the last val+test training images are RefCOCO's eval
             refcoco = ("train" if k < 0 else "val" if k < p.val_images
                        else "testA" if k < p.val_images + n_test_a else "testB")
-        scene = ss.make_scene(_rng(p, image_id, "scene"), p.image_size, p.min_objects, p.max_objects)
+        scene = make_scene(p, image_id)
         records.append(ImageRecord(image_id, folder, split, refcoco, scene))
     return records
 
@@ -257,7 +272,7 @@ def write_snli_ve(p: SynthParams, out: Path) -> dict[str, int]:
         for _ in range(n_images):
             flickr_id = FLICKR_ID_BASE + index
             index += 1
-            scene = ss.make_scene(_rng(p, flickr_id, "scene"), p.image_size, p.min_objects, p.max_objects)
+            scene = make_scene(p, flickr_id)
             (folder / f"{flickr_id}.jpg").write_bytes(ss.render(scene, p.supersample, p.jpeg_quality))
             rng = _rng(p, flickr_id, "snli-ve")
             premise = _raw(rng, ss.captions(rng, scene, 1, p.max_caption_words)[0])
@@ -318,27 +333,22 @@ def text_only_baseline(raw_dir: str | Path) -> dict[str, Any]:
     its question type: what a model that ignores the image can reach from the question type alone. Scored with
     the official per-question accuracy (`narvl.eval.vqa.question_accuracy`: min(#humans/3, 1) over the ten
     leave-one-out subsets, after the official answer normalisation)."""
+    from narvl.eval.baselines import vqa_majority
     from narvl.eval.vqa import question_accuracy
 
     vqa = Path(raw_dir) / "vqa"
-    train = json.loads((vqa / "v2_mscoco_train2014_annotations.json").read_text())["annotations"]
     val = json.loads((vqa / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
-    by_type: dict[str, Counter] = {}
-    for a in train:
-        by_type.setdefault(a["question_type"], Counter())[a["multiple_choice_answer"]] += 1
-    overall = Counter(a["multiple_choice_answer"] for a in train).most_common(1)[0][0]
-    majority = {t: c.most_common(1)[0][0] for t, c in by_type.items()}
+    preds, extra = vqa_majority(vqa / "v2_mscoco_train2014_annotations.json", val)
     per_type: dict[str, list[float]] = {}
     scores = []
-    for a in val:
-        pred = majority.get(a["question_type"], overall)
-        acc = question_accuracy(pred, [x["answer"] for x in a["answers"]])
+    for a, pred in zip(val, preds):
+        acc = question_accuracy(pred["answer"], [x["answer"] for x in a["answers"]])
         scores.append(acc)
         per_type.setdefault(a["answer_type"], []).append(acc)
     return {
         "accuracy": sum(scores) / len(scores),
         "per_answer_type": {t: sum(v) / len(v) for t, v in sorted(per_type.items())},
-        "majority_answer": dict(sorted(majority.items())),
+        "majority_answer": extra["majority_answer"],
         "questions": len(scores),
     }
 

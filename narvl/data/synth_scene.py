@@ -126,40 +126,49 @@ def _separated(a: tuple[float, ...], b: tuple[float, ...], gap: float) -> bool:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-def make_scene(rng: random.Random, size: int, min_objects: int, max_objects: int) -> Scene:
-    """Sample a scene. Objects never overlap (their boxes keep a gap of 3% of the image)."""
-    background = rng.choice(sorted(BACKGROUNDS))
-    lo, hi = BACKGROUNDS[background]
-    grey = rng.randint(lo, hi)
-    tint = [rng.randint(-6, 6) for _ in range(3)]
-    background_rgb = tuple(max(0, min(255, grey + t)) for t in tint)
-    n = rng.randint(min_objects, max_objects)
-    gap = 0.03 * size
-    objects: list[Obj] = []
-    for _ in range(n):
-        # Repeat an existing shape or colour often, so that expressions need more than one attribute.
-        if objects and rng.random() < 0.35:
-            shape = rng.choice(objects).shape
-        else:
-            shape = rng.choice(SHAPES)
-        if objects and rng.random() < 0.35:
-            colour = rng.choice(objects).colour
-        else:
-            colour = rng.choice(sorted(COLOURS))
-        kind = rng.choice(SIZES)
-        for _attempt in range(60):
-            r = size * (rng.uniform(0.065, 0.085) if kind == "small" else rng.uniform(0.13, 0.16))
-            cx = rng.uniform(r + 1, size - r - 1)
-            cy = rng.uniform(r + 1, size - r - 1)
-            pts = shape_polygon(shape, cx, cy, r)
-            flat = tuple(v for p in pts for v in p)
-            box = (min(flat[0::2]), min(flat[1::2]), max(flat[0::2]), max(flat[1::2]))
-            if all(_separated(box, o.box, gap) for o in objects):
-                base = COLOURS[colour]
-                rgb = tuple(max(0, min(255, c + rng.randint(-12, 12))) for c in base)
-                objects.append(Obj(shape, colour, kind, flat, rgb))
-                break
-    return Scene(size, background, background_rgb, tuple(objects))
+SCENE_ATTEMPTS = 100
+
+
+def make_scene(rng: random.Random, size: int, min_objects: int, max_objects: int,
+               small_radius: tuple[float, float], large_radius: tuple[float, float]) -> Scene:
+    """Sample a scene. Objects never overlap (their boxes keep a gap of 3% of the image); radii are drawn from
+    `small_radius` or `large_radius` ([lo, hi] fractions of `size`)."""
+    for _scene_attempt in range(SCENE_ATTEMPTS):  # a scene with too few objects placed is drawn again
+        background = rng.choice(sorted(BACKGROUNDS))
+        lo, hi = BACKGROUNDS[background]
+        grey = rng.randint(lo, hi)
+        tint = [rng.randint(-6, 6) for _ in range(3)]
+        background_rgb = tuple(max(0, min(255, grey + t)) for t in tint)
+        n = rng.randint(min_objects, max_objects)
+        gap = 0.03 * size
+        objects: list[Obj] = []
+        for _ in range(n):
+            # Repeat an existing shape or colour often, so that expressions need more than one attribute.
+            if objects and rng.random() < 0.35:
+                shape = rng.choice(objects).shape
+            else:
+                shape = rng.choice(SHAPES)
+            if objects and rng.random() < 0.35:
+                colour = rng.choice(objects).colour
+            else:
+                colour = rng.choice(sorted(COLOURS))
+            kind = rng.choice(SIZES)
+            for _attempt in range(60):
+                r = size * rng.uniform(*(small_radius if kind == "small" else large_radius))
+                cx = rng.uniform(r + 1, size - r - 1)
+                cy = rng.uniform(r + 1, size - r - 1)
+                pts = shape_polygon(shape, cx, cy, r)
+                flat = tuple(v for p in pts for v in p)
+                box = (min(flat[0::2]), min(flat[1::2]), max(flat[0::2]), max(flat[1::2]))
+                if all(_separated(box, o.box, gap) for o in objects):
+                    base = COLOURS[colour]
+                    rgb = tuple(max(0, min(255, c + rng.randint(-12, 12))) for c in base)
+                    objects.append(Obj(shape, colour, kind, flat, rgb))
+                    break
+        if len(objects) >= min_objects:
+            return Scene(size, background, background_rgb, tuple(objects))
+    raise ValueError(f"could not place {min_objects} objects of radii {small_radius} / {large_radius} (fractions "
+                     f"of {size} px) without overlap in {SCENE_ATTEMPTS} scenes: make them smaller or fewer")
 
 
 def render(scene: Scene, supersample: int, quality: int) -> bytes:

@@ -44,6 +44,8 @@ from narvl.errors import NarvlError
 
 log = logging.getLogger(__name__)
 
+BLIND_MODEL = "baseline-blind"  # model name of a decode with --blank-images
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", required=True, type=Path, help="params/decode.yaml (data.yaml is read beside it)")
@@ -53,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", required=True, type=Path, help="data/shards/tokenizer.json")
     parser.add_argument("--decoder", required=True, choices=["greedy", "beam"])
     parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
+    parser.add_argument("--blank-images", action="store_true",
+                        help="feed every sample an all-zero (mean-colour) image: the blind baseline of a trained model "
+                             "(model name baseline-blind)")
 
 
 def sidecar_path(out: Path) -> Path:
@@ -159,6 +164,8 @@ def main(args: argparse.Namespace) -> int:
     with torch.inference_mode(), tqdm(total=loader.samples, desc=f"decode {task} {args.split} "
                                       f"{meta['kind']} {args.decoder}", unit="sample") as bar:
         for batch in loader:
+            if args.blank_images:
+                batch["images"] = torch.zeros_like(batch["images"])  # 0 after normalisation: the mean colour
             for key in ("images", "src_tokens", "src_mask"):
                 batch[key] = batch[key].to(device)
             if device.type == "cuda":
@@ -179,7 +186,8 @@ def main(args: argparse.Namespace) -> int:
     side = {
         "predictions_sha256": hashlib.sha256(predictions).hexdigest(),
         "model_file": str(args.model), "model_sha256": _sha256(args.model), "kind": meta["kind"], "task": task,
-        "model": cell["model"] if cell else meta["kind"], "step": meta["step"],
+        "model": BLIND_MODEL if args.blank_images else cell["model"] if cell else meta["kind"],
+        "blank_images": args.blank_images, "step": meta["step"],
         "arch_hash": hashlib.sha256(json.dumps(meta["arch"], sort_keys=True).encode()).hexdigest()[:12],
         "num_queries": meta["num_queries"], "tokenizer": {"path": str(args.tokenizer),
                                                           "sha256": _sha256(args.tokenizer)},

@@ -47,7 +47,7 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
     p.add_argument("--provenance", type=Path, default=None,
                    help="decoding provenance JSON (default: the predictions' .meta.json sidecar when present)")
-    p.add_argument("--model", dest="model_name", default=None, choices=["ar", "nar", "nar-kd"],
+    p.add_argument("--model", dest="model_name", default=None, choices=["ar", "nar", "nar-kd", "baseline-blind"],
                    help="model name of the cell (default: from the --out file name)")
     p.add_argument("--decoder", default=None, choices=["greedy", "beam"],
                    help="decoder of the cell (default: from the --out file name)")

@@ -48,6 +48,9 @@ def check_train_params(train: TrainParams, task: str, world_size: int, cuda: boo
         raise NarvlError(f"{where}: train.min_lr_ratio = {train.min_lr_ratio} must lie in [0, 1]")
     if train.lr <= 0:
         raise NarvlError(f"{where}: train.lr = {train.lr} must be positive")
+    if train.loc_sigma < 0 or train.loc_l1_weight < 0:
+        raise NarvlError(f"{where}: train.loc_sigma = {train.loc_sigma} and train.loc_l1_weight = "
+                         f"{train.loc_l1_weight} must not be negative")
 
 
 def deepspeed_config(train: TrainParams) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from narvl.decode.ctc import greedy_decode
-from narvl.loss.ar import ar_loss, teacher_forcing
+from narvl.loss.ar import ar_loss, slot_targets, teacher_forcing
+from narvl.loss.location import LocationTargets
 from narvl.loss.qctc import qctc_loss
 from narvl.params import TrainParams
 from narvl.train.config import WarmupCosine, deepspeed_config
@@ -64,6 +65,8 @@ class Objective:
     special_ids: dict[str, int]
     label_smoothing: float
     use_weights: bool  # VQA soft-score weights
+    loc: LocationTargets | None = None  # distance-aware location targets (grounding)
+    slot_targets: bool = False  # NAR: one target per slot (identity alignment) instead of Q-CTC
 
 
 def to_device(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -86,8 +89,14 @@ def forward_loss(model: Callable[..., Tensor], batch: dict[str, Any], obj: Objec
     if obj.kind == "nar":
         logits = model(batch["images"], batch["src_tokens"], batch["src_mask"])  # (B, N, V)
         log_probs = torch.log_softmax(logits.float(), dim=-1)
-        loss, stats = qctc_loss(log_probs, tgt, lengths, blank=sp["blank"], label_smoothing=obj.label_smoothing,
-                                weights=weights)
+        if obj.slot_targets:
+            n = logits.size(1)
+            gold = slot_targets(tgt, lengths, n, eos=sp["eos"], blank=sp["blank"])
+            loss, stats = ar_loss(logits, gold, torch.full_like(lengths, n), label_smoothing=obj.label_smoothing,
+                                  weights=weights, loc=obj.loc)
+        else:
+            loss, stats = qctc_loss(log_probs, tgt, lengths, blank=sp["blank"], label_smoothing=obj.label_smoothing,
+                                    weights=weights)
         if with_match:
             hyps = greedy_decode(log_probs.detach(), sp["blank"])
             refs = [row[:n].tolist() for row, n in zip(tgt.cpu(), lengths.cpu())]
@@ -95,7 +104,8 @@ def forward_loss(model: Callable[..., Tensor], batch: dict[str, Any], obj: Objec
     else:
         prev, gold = teacher_forcing(tgt, lengths, bos=sp["bos"], eos=sp["eos"], pad=sp["pad"])
         logits = model(batch["images"], batch["src_tokens"], batch["src_mask"], prev)  # (B, T+1, V)
-        loss, stats = ar_loss(logits, gold, lengths + 1, label_smoothing=obj.label_smoothing, weights=weights)
+        loss, stats = ar_loss(logits, gold, lengths + 1, label_smoothing=obj.label_smoothing, weights=weights,
+                              loc=obj.loc)
         if with_match:
             t = gold.size(1)
             inside = torch.arange(t, device=gold.device)[None, :] < (lengths + 1)[:, None]

@@ -142,6 +142,10 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
     if args.kind == "nar" and num_queries > arch.max_target_len:
         raise NarvlError(f"model.num_queries.{args.task} = {num_queries} exceeds the architecture's max_target_len "
                          f"{arch.max_target_len}")
+    if args.kind == "nar" and args.task == "grounding" and train.grounding_slot_targets and max_tgt + 1 > num_queries:
+        raise NarvlError(f"train.grounding_slot_targets needs a slot per box token and one for EOS: "
+                         f"model.num_queries.grounding = {num_queries} < data.loader.max_target_len.grounding + 1 = "
+                         f"{max_tgt + 1}")
     if args.kind == "ar" and max_tgt + 1 > arch.max_target_len:
         raise NarvlError(f"data.loader.max_target_len.{args.task} = {max_tgt} (+1 for EOS) exceeds the "
                          f"architecture's max_target_len {arch.max_target_len}")
@@ -245,6 +249,20 @@ def run(setup: Setup) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- training
+def objective(kind: str, task: str, special_ids: dict[str, int], tokenizer, train: P.TrainParams):
+    """The training objective of a (kind, task) from the train params: VQA score weights, and for grounding the
+    distance-aware location targets and (NAR) per-slot targets."""
+    from narvl.loss.location import LocationTargets
+    from narvl.train.engine import Objective
+
+    loc = None
+    if task == "grounding" and (train.loc_sigma > 0 or train.loc_l1_weight > 0):
+        loc = LocationTargets(tokenizer.bin_offset, tokenizer.num_bins, train.loc_sigma, train.loc_l1_weight)
+    return Objective(kind=kind, special_ids=special_ids, label_smoothing=train.label_smoothing,
+                     use_weights=task == "vqa" and train.vqa_score_weights, loc=loc,
+                     slot_targets=kind == "nar" and task == "grounding" and train.grounding_slot_targets)
+
+
 class BatchStream:
     """The endless training stream of one rank, with its position (seed, batches consumed) for checkpoints."""
 
@@ -294,7 +312,7 @@ class Trainer:
 
         from narvl.data.loader import eval_loader, train_loader
         from narvl.model import build_model, count_parameters
-        from narvl.train.engine import Objective, StatWindow, build_engine, forward_loss, to_device, validate
+        from narvl.train.engine import StatWindow, build_engine, forward_loss, to_device, validate
 
         s, train, rank, world = self.s, self.s.train, self.rank, self.world
         t_start = time.perf_counter()
@@ -312,8 +330,7 @@ class Trainer:
             log.info("initial weights from %s", load_init(train.init, model, s.tokenizer, train.init_bpe_dir))
         engine, _, scheduler, group_names, ds_config = build_engine(model, train, total)
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
-        obj = Objective(kind=s.kind, special_ids=s.special_ids, label_smoothing=train.label_smoothing,
-                        use_weights=s.task == "vqa" and train.vqa_score_weights)
+        obj = objective(s.kind, s.task, s.special_ids, s.tokenizer, train)
 
         # ---- resume or start afresh
         ckpt_dir = s.ckpt_dir
