@@ -264,7 +264,7 @@ def logfile(name):
 
 def decode_drop(wildcards):
     """Greedy decoding reads no beam options; the benchmark's options are read by `narvl bench decode` only."""
-    drop = ["decode.bench_batch_sizes", "decode.bench_repeats", "data.loader.bench_micro_batch",
+    drop = ["decode.bench_batch_sizes", "decode.bench_repeats", "decode.bench_samples", "data.loader.bench_micro_batch",
             "data.loader.bench_batches"]
     if wildcards.decoder == "greedy":
         drop += ["decode.beam_size", "decode.length_penalty"]

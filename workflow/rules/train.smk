@@ -11,8 +11,8 @@
 TRAIN_VALUES_DROP = (  # keys `narvl train` does not read (distill_tasks decides which students exist: the DAG)
     "train.distill_tasks", "train.bench_steps", "train.bench_nprocs", "data.loader.bench_micro_batch",
     "data.loader.bench_batches")
-DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "data.loader.bench_micro_batch",
-                       "data.loader.bench_batches")
+DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "decode.bench_samples",
+                       "data.loader.bench_micro_batch", "data.loader.bench_batches")
 
 
 rule train:
