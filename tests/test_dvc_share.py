@@ -38,10 +38,13 @@ def test_push_to_a_local_folder_remote_and_pull_into_a_second_clone(tmp_path):
     subprocess.run(["git", "init", "-q", str(alice)], check=True)
     dvc(alice, "init", "-q")
     synth.generate(small_params(), alice / "data" / "raw")
-    dvc(alice, "add", "-q", "--file", "data.dvc", "data/raw")
+    shutil.copy2(ROOT / "data.dvc", alice / "data.dvc")  # the checkout's data.dvc, pointed at this version
+    dvc(alice, "commit", "--force", "--quiet", "data.dvc")
     dvc(alice, "remote", "add", "-d", "lab", str(lab))
-    assert "1 file pushed" not in dvc(alice, "push").stdout  # the whole folder goes, not one file
-    assert any(lab.rglob("*.dir")), "the remote holds the folder's listing"
+    pushed = dvc(alice, "push").stdout
+    files = sum(1 for p in (alice / "data" / "raw").rglob("*") if p.is_file())
+    assert f"{files + 1} files pushed" in pushed, pushed  # every file of the folder, and its listing (.dir)
+    assert len(list(lab.rglob("*.dir"))) == 1
 
     # bob: the git side of the repository (data.dvc, .dvc/config) without data or cache
     bob.mkdir()

@@ -50,7 +50,7 @@ rule reproduction:
         md=report(f"{RESULTS}/tables/reproduction.md", caption="../report/tables.rst", category="Tables"),
         csv=f"{RESULTS}/tables/reproduction.csv",
     params:
-        published=PIPELINE.published_dir,
+        published=lambda w: PUBLISHED,  # may not exist yet (a new preset): then nothing is compared
         out=lambda w, output: os.path.dirname(os.path.dirname(output.md)),
         values=values("score.reproduction"),
     log:
