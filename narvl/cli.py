@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("narvl.train.export", "write a self-describing fp32 model file from a training checkpoint"),
     "decode": ("narvl.decode.run", "decode a split with an exported model into a predictions file"),
     "score": ("narvl.eval.score", "score predictions with the official metrics into a metrics JSON"),
-    "report": ("narvl.report.main", "build the results tables, plots, gallery and the README block"),
+    "report": ("narvl.report.main", "results tables, plots, gallery; compare with or publish the reference"),
     "bench": ("narvl.bench", "benchmarks (data loader, decoding, training) written as JSON"),
 }
 
