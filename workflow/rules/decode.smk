@@ -52,4 +52,4 @@ rule bench_decode:
         gpu=RES["bench"]["gpu"],
     shell:
         "python -m narvl bench decode --params {params.folder} --models {input.models} --shards {params.shards}"
-        " --out {output.bench} > {log} 2>&1"
+        " --threads {threads} --out {output.bench} > {log} 2>&1"
