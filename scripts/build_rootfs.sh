@@ -7,8 +7,8 @@
 #   1. debootstrap builds Debian bookworm (minbase) from Debian's mirror (NARVL_MIRROR, default deb.debian.org),
 #      as `Bootstrap: debootstrap` does (containers/narvl-debootstrap.def; narvl.def starts from debian:12 instead);
 #   2. %files are copied in, %post runs inside it with bubblewrap (a private mount namespace, the host's
-#      resolv.conf for apt, and this machine's pip configuration and local wheel store bound read-only, so pip
-#      resolves exactly as install.sh does here: see `pip config list`);
+#      resolv.conf for apt, and this machine's pip configuration, local wheel store and CA bundle bound read-only,
+#      so pip resolves exactly as install.sh does here: see `pip config list`);
 #   3. %test runs inside it with %environment;
 #   4. the tiny end-to-end run: a copy of this checkout (git ls-files) inside the root filesystem, the tiny
 #      parameters of tests/test_workflow_e2e.py, `snakemake --cores all` with the image's Python, then the outputs
@@ -46,7 +46,13 @@ for f in /etc/pip.conf /etc/xdg/pip /root/.config/pip /opt/wheels /opt/pypi /opt
     [ -e "$f" ] && pip_binds+=(--ro-bind "$f" "$f")
 done
 pip_env=()
-while IFS='=' read -r name value; do pip_env+=(--setenv "$name" "$value"); done < <(env | grep '^PIP_' || true)
+while IFS='=' read -r name value; do pip_env+=(--setenv "$name" "$value"); done < <(env | grep -E '^(PIP_|https?_proxy=|HTTPS?_PROXY=|no_proxy=|NO_PROXY=)' || true)
+# the host's CA bundle (it may hold a proxy's certificate that Debian's bundle in the image does not): pip uses it
+host_ca=/etc/ssl/certs/ca-certificates.crt
+if [ -f "$host_ca" ]; then
+    pip_binds+=(--ro-bind "$host_ca" /etc/narvl-host-ca.crt)
+    pip_env+=(--setenv PIP_CERT /etc/narvl-host-ca.crt)
+fi
 
 # Run a shell script (stdin) inside the root filesystem. Extra bwrap arguments first.
 inside() {
