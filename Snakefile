@@ -26,7 +26,12 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
-    """Target: the results tables, plots and gallery (and everything they need)."""
+    """Target: the results tables, plots and gallery, and their comparison with the published reference."""
     default_target: True
     input:
         rules.report.output,
+        rules.reproduction.output,
+
+
+onsuccess:
+    print_reproduction()

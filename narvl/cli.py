@@ -32,7 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("narvl.decode.run", "decode a split with an exported model into a predictions file"),
     "score": ("narvl.eval.score", "score predictions with the official metrics into a metrics JSON"),
     "baselines": ("narvl.eval.baselines", "trivial baselines (majority answer, random/largest object, constant caption) as metrics JSON"),
-    "report": ("narvl.report.main", "build the results tables, plots, gallery and the README block"),
+    "report": ("narvl.report.main", "results tables, plots, gallery; compare with or publish the reference"),
     "bench": ("narvl.bench", "benchmarks (data loader, decoding, training) written as JSON"),
 }
 

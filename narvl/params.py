@@ -232,9 +232,16 @@ class DecodeParams:
     max_len: dict[Task, int]
     bench_batch_sizes: list[int]
     bench_repeats: int
+    bench_samples: int  # `narvl bench decode --models`: the first samples of the evaluation split it times
 
 
 # -------------------------------------------------------------------------------------------------------- score
+@dataclass(frozen=True)
+class ReproductionParams:
+    quality_tolerance: float  # largest |reproduced - published| of a metric value still counted as reproduced
+    speedup_tolerance: float  # largest |reproduced / published - 1| of a speed-up still counted as within
+
+
 @dataclass(frozen=True)
 class ScoreParams:
     meteor: bool  # needs Java
@@ -243,6 +250,7 @@ class ScoreParams:
     # reference items without a prediction: "error" stops, "wrong" scores them as wrong and lists them
     missing_predictions: Literal["error", "wrong"]
     vqa_decimals: int  # VQA accuracies are rounded as the official vqaEval.py (n=2)
+    reproduction: ReproductionParams  # `narvl report --published`: how close a run must come to the published one
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
@@ -265,7 +273,8 @@ class PipelineParams:
     runs_dir: str
     results_dir: str
     logs_dir: str
-    readme: str  # the file whose results block `narvl report` rewrites
+    readme: str  # the file whose results block `narvl report --publish` rewrites
+    published_dir: str  # the published reference run (`narvl report --publish`) every run is compared with
     container: str  # Apptainer image the rules run in with `snakemake --sdm apptainer`
     # per rule group (data, train, distill, decode, score, bench, report): threads, mem_mb, runtime (minutes), gpu
     resources: dict[str, dict[str, int | str]]

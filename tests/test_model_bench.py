@@ -37,7 +37,9 @@ def test_preset_mode_writes_latencies_and_ratios(tmp_path, capsys):
     assert [(r["task"], r["batch"], r["device"]) for r in rows] == [("grounding", 1, "cpu"), ("grounding", 2, "cpu")]
     for r in rows:
         assert set(r["ms"]) == {"encoder", "nar_greedy", "nar_beam", "ar_greedy", "ar_beam"}
-        assert all(r["ms"][k] > 0 and r["ms"][k] <= r["ms_median"][k] for k in r["ms"])
+        assert all(0 < r["ms_iqr"][k][0] <= r["ms"][k] <= r["ms_iqr"][k][1] for k in r["ms"])
+        assert set(r["speedup"]) == {"nar_greedy", "nar_beam"} and r["speedup"]["nar_greedy"]["pairs"] == 1
+        assert r["threads"] >= 1 and r["batches"] == 1 and r["samples"] == r["batch"]
         assert r["ar_forced_length"] and r["num_queries"] == 5 and r["image_size"] == 48 and r["ar_max_len"] == 5
         assert r["ratios"]["ar_greedy_over_nar_greedy"] == r["ms"]["ar_greedy"] / r["ms"]["nar_greedy"]
         assert r["ratios"]["nar_greedy_over_encoder"] == r["ms"]["nar_greedy"] / r["ms"]["encoder"]
@@ -68,7 +70,7 @@ def test_forced_length_generation_in_preset_setup(tmp_path):
     nar, ar = setup["nars"]["nar"], setup["ar"]
     for (k1, v1), (k2, v2) in zip(nar.encoder.state_dict().items(), ar.encoder.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2)
-    images, src, mask = setup["inputs"](2)
+    ((images, src, mask),) = setup["inputs"](2)
     out = ar.generate(images, src, mask, setup["ar_max_len"], 2, 1.0, min_len=setup["ar_min_len"])
     assert [len(r) for r in out] == [2, 2]
 
@@ -120,9 +122,42 @@ def test_models_mode_reads_eval_shards_and_names_models_by_folder(tmp_path):
     assert set(result["models"]["caption"]) == {"ar", "nar", "nar-kd"}
     rows = result["results"]
     assert [r["batch"] for r in rows] == [1, 3]
+    # the split has 2 samples (fewer than decode.bench_samples): batch 1 times each, batch 3 tiles them
+    assert [(r["samples"], r["batches"]) for r in rows] == [(2, 2), (3, 1)]
+    assert rows[0]["speedup"]["nar-kd_beam"]["pairs"] == 2
     for r in rows:
         assert set(r["ms"]) == {"encoder", "nar_greedy", "nar_beam", "nar-kd_greedy", "nar-kd_beam", "ar_greedy",
                                 "ar_beam"}
         assert r["nar_models"] == ["nar", "nar-kd"] and set(r["ratios_by_nar"]) == {"nar", "nar-kd"}
         assert r["ratios"] == r["ratios_by_nar"]["nar"]
         assert not r["ar_forced_length"] and r["image_size"] == 96
+
+
+def test_pairs_are_timed_back_to_back_and_alternate_order(monkeypatch):
+    """Each NAR method is timed next to the AR method of its decoder; the order flips every round."""
+    calls = []
+    clock = iter(range(0, 10_000, 1))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock) / 1000.0)
+    fns = {name: (lambda name=name: calls.append(name))
+           for name in ("encoder", "nar_greedy", "nar_beam", "nar-kd_greedy", "nar-kd_beam", "ar_greedy", "ar_beam")}
+    import torch
+
+    times = bench.measure([fns], 2, torch.device("cpu"))
+    per_round = [calls[i:i + 7] for i in range(0, len(calls), 7)]
+    assert len(per_round) == 3 and len(times) == 2  # one warm-up round, two timed
+    assert per_round[0] == ["encoder", "nar_greedy", "ar_greedy", "nar_beam", "ar_beam", "nar-kd_greedy",
+                            "nar-kd_beam"]
+    assert per_round[1] == ["encoder", "ar_greedy", "nar_greedy", "ar_beam", "nar_beam", "nar-kd_greedy",
+                            "nar-kd_beam"]
+    assert bench.pairs(fns) == [("nar_greedy", "ar_greedy"), ("nar_beam", "ar_beam"), ("nar-kd_greedy", "ar_greedy"),
+                                ("nar-kd_beam", "ar_beam")]
+
+
+def test_speedup_is_the_median_of_per_pair_ratios():
+    """A load spike slows AR and NAR of one pair alike: the per-pair ratio stays, a ratio of medians would not."""
+    times = [{"encoder": 1.0, "nar_greedy": n, "ar_greedy": a, "nar_beam": 1.0, "ar_beam": 2.0}
+             for n, a in ((1.0, 4.0), (1.0, 4.0), (10.0, 40.0), (10.0, 40.0), (1.1, 4.4))]
+    s = bench.summarise(times)
+    assert s["speedup"]["nar_greedy"] == {"median": 4.0, "q1": 4.0, "q3": 4.0, "pairs": 5}
+    assert s["ms"]["nar_greedy"] == 1.1 and s["ms_iqr"]["nar_greedy"] == [1.0, 10.0]
+    assert s["speedup"]["nar_beam"]["median"] == 2.0

@@ -1,6 +1,7 @@
-"""The whole workflow, end to end, on tiny data: a fresh clone, `dvc repro` (which runs every Snakemake target),
-a second `dvc repro` that does nothing, `dvc metrics show`, one parameter changed that reruns only what depends
-on it, and `snakemake --report`. The tiny parameter set is made from params/*.yaml by `write_tiny_params`, so it
+"""The whole workflow, end to end, on tiny data: a fresh clone, `dvc repro` (which runs every Snakemake target)
+after which `dvc status` is clean, a second `dvc repro` that does nothing, `dvc metrics show`, publishing the run and
+the reproduction line of the next run, one parameter changed that reruns only what depends on it, and
+`snakemake --report`. The tiny parameter set is made from params/*.yaml by `write_tiny_params`, so it
 follows the default's keys; only sizes, steps and output folders change."""
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ TINY = {
     "train": {"nproc": 1, "steps": {"caption": 2, "vqa": 2, "grounding": 2}, "global_batch": 4, "micro_batch": 4,
               "grad_accum": 1, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1, "val_every": 0,
               "val_batches": 1, "keep_checkpoints": 1, "distill_tasks": ["caption"]},
-    "decode": {"batch_size": 8, "beam_size": 2, "bench_batch_sizes": [1, 4], "bench_repeats": 1},
+    "decode": {"batch_size": 8, "beam_size": 2, "bench_batch_sizes": [1, 4], "bench_repeats": 1, "bench_samples": 4},
     "score": {"meteor": False, "spice": False},
     "pipeline": {"eval_splits": {"caption": ["test"], "vqa": ["val"], "grounding": ["val"]}},
 }
@@ -139,12 +140,17 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     clone = fresh_clone(tmp_path / "clone")
     write_tiny_params(clone / "params", source=clone / "params")
     doc = yaml.safe_load((clone / "params/pipeline.yaml").read_text())
-    doc["pipeline"]["readme"] = "tiny-README.md"
+    doc["pipeline"]["readme"] = "tiny-README.md"  # published_dir stays published/default: the tiny run replaces it
     (clone / "params/pipeline.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     (clone / "tiny-README.md").write_text(README)
-    shutil.rmtree(clone / "results", ignore_errors=True)  # the committed results belong to the default configuration
+    assert not (clone / "results").exists()  # git ignores the workflow's results: a clone has none
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     run("git", "init", "-q", cwd=clone)
+    # the tiny data is another version of data/raw: record it in data.dvc, as docs/data-default.md says to
+    run(str(BIN / "python"), "-m", "narvl", "synth", "--params", "params/data.yaml", "--out", "data/raw", cwd=clone)
+    run(str(BIN / "dvc"), "commit", "--force", "--quiet", "data.dvc", cwd=clone)
+    shutil.rmtree(clone / "data" / "raw")
+    shutil.rmtree(clone / ".dvc" / "cache")
     run("git", "add", "-A", cwd=clone)
     run(*git, "commit", "-qm", "tiny clone", cwd=clone)
 
@@ -164,13 +170,38 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     with open(clone / "results/tables/main.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert {(r["task"], r["split"], r["model"], r["decoder"]) for r in rows if r["split"]} == set(cells)
-    assert "narvl:results:start" in (clone / "tiny-README.md").read_text()
+    assert (clone / "tiny-README.md").read_text() == README  # only publishing rewrites the README block
     assert (clone / "results/plots/gallery.png").stat().st_size > 0
+    # compared with the default's published run: other numbers, and cells the tiny run does not have
+    first = (clone / "results/tables/reproduction.md").read_text().splitlines()[2]
+    published = len(list((clone / "published/default/metrics").glob("*.json")))
+    assert first.startswith(f"reproduced 0 of {published} quality cells exactly;"), first
+    assert "missing from the run" in first, first
 
-    # 2. nothing to do the second time, for DVC and for Snakemake
+    # 2. DVC agrees: up to date after the run (data/raw in the cache, timings recorded), nothing to do the second
+    # time for DVC and for Snakemake
+    status = run(str(BIN / "dvc"), "status", cwd=clone)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
     again = run(str(BIN / "dvc"), "repro", cwd=clone)
     assert "Data and pipelines are up to date" in again.stdout + again.stderr, again.stdout
     assert dry_run_rules(clone) == {}
+
+    # 2b. publish the run; the next run compares itself with it (only the comparison reruns) and says so last
+    metrics = sorted(str(p.relative_to(clone)) for p in (clone / "results/metrics").glob("*.json"))
+    run(str(BIN / "python"), "-m", "narvl", "report", "--publish", "published/default", "--metrics", *metrics,
+        "--bench", "results/bench/decode.json", "--out", "results", "--readme", "tiny-README.md", cwd=clone)
+    assert "### Image captioning" in (clone / "tiny-README.md").read_text()
+    assert dry_run_rules(clone) == {"reproduction": 1, "all": 1}
+    final = run(str(BIN / "snakemake"), "--cores", "1", cwd=clone)
+    # the verdict is the run's last output line (stdout; Snakemake's log lines go to stderr and end with the path of
+    # its log and the elapsed time)
+    last = [line for line in final.stdout.splitlines() if line.strip()][-1]
+    assert last == (f"results/tables/reproduction.md: reproduced {len(cells)} of {len(cells)} quality cells "
+                    "exactly; speed-ups within 0% of published"), final.stdout[-2000:]
+    checked = run(str(BIN / "python"), "-m", "narvl", "report", "--metrics", *metrics, "--bench",
+                  "results/bench/decode.json", "--published", "published/default", "--score-params",
+                  "params/score.yaml", "--check", cwd=clone)
+    assert checked.stdout.startswith(f"reproduced {len(cells)} of {len(cells)}")
 
     # 3. the metrics, as DVC lists them
     shown = run(str(BIN / "dvc"), "metrics", "show", "--json", cwd=clone)
@@ -183,7 +214,7 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     original = score.read_text()
     score.write_text(original.replace("iou_threshold: 0.5", "iou_threshold: 0.6"))
     grounding = [c for c in cells if c[0] == "grounding"]
-    assert dry_run_rules(clone) == {"score_grounding": len(grounding), "report": 1, "all": 1}
+    assert dry_run_rules(clone) == {"score_grounding": len(grounding), "report": 1, "reproduction": 1, "all": 1}
     score.write_text(original)
     # one decoding parameter: the beam decodes, and the AR teacher's beam search, so the KD students and all their
     # cells; nothing else (no shards, no AR or NAR training, no greedy decode of ar/nar)
@@ -196,7 +227,7 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     assert rerun.pop("decode") == len(changed) and scores == len(changed), rerun
     assert {r: n for r, n in rerun.items() if not r.startswith("score_")} == {
         "distill": len(kd_tasks), "train_kd": len(kd_tasks), "export": len(kd_tasks), "bench_decode": 1,
-        "report": 1, "all": 1}, rerun
+        "report": 1, "reproduction": 1, "all": 1}, rerun
     # a comment in a params file reruns nothing (params files count by their values, not their time stamps)
     decode.write_text(decode.read_text().replace("beam_size: 3", f"beam_size: {TINY['decode']['beam_size']}"))
     (clone / "params/train.yaml").write_text((clone / "params/train.yaml").read_text() + "# a comment\n")

@@ -1,8 +1,8 @@
 """`narvl bench decode`: latency of AR and NAR decoding on the same encoder, written as JSON.
 
 For every task's output length, batch size (decode.bench_batch_sizes) and device (the CPU, and the GPU when
-torch.cuda.is_available()), one run times side by side, round-robin over decode.bench_repeats repetitions after
-one warm-up round (milliseconds, inputs already on the device):
+torch.cuda.is_available()), one run times side by side, interleaved, after one warm-up round (milliseconds, inputs
+already on the device):
 
     encoder only   the encoder (ResNet + transformer): the floor for any decoder
     NAR greedy     NAR forward + log-softmax + CTC collapse         (narvl.decode.ctc.greedy_decode)
@@ -10,18 +10,26 @@ one warm-up round (milliseconds, inputs already on the device):
     AR greedy      AR encoder + KV-cached greedy generation         (ARModel.generate, beam_size 1)
     AR beam        AR encoder + KV-cached beam search, decode.beam_size and decode.length_penalty
 
-Per (device, task, batch) row, `ms` maps each method to the time of a repetition for the whole batch, the fastest
-one (the least disturbed by other processes; the ratios use it), `ms_median` to the median. Methods are named
-`encoder` and `<model>_<decoder>` with model ar, nar (or nar-kd, ...) and decoder greedy or beam. `ratios` (for the
-first NAR model; `ratios_by_nar` for each): nar_greedy_over_encoder, ar_greedy_over_nar_greedy,
-ar_beam_over_nar_greedy, ar_beam_over_nar_beam, next to the paper's AR/NAR speed-ups (OFA vs NARVL: grounding
-2.4x, VQA 12.7x, caption 7.2x, entailment 1.4x).
+The inputs are a fixed sample: the first decode.bench_samples samples of the task's evaluation split (--models) or
+one random batch (--preset). At batch size b <= the sample size, the sample is cut into consecutive batches of b
+(batch 1: every sample on its own); a larger b tiles the sample into one batch. Each of decode.bench_repeats rounds
+times every batch with every method, an AR measurement right next to the NAR one it is compared with (A B, then B A
+in the next round, so that neither always goes first). A pair is one (round, batch): its ratio AR time / NAR time
+is a speed-up measured under the same machine load, which is what makes two runs on a busy machine comparable.
+
+Per (device, task, batch) row: `ms` maps each method to the median time of one batch over every (round, batch),
+`ms_iqr` to its [first, third] quartile; `speedup` maps `<nar model>_<decoder>` (nar_greedy, nar-kd_beam, ...) to
+{"median", "q1", "q3", "pairs"} of the per-pair ratios AR time / NAR time, same decoder: the speed-up the results
+table shows, with its spread. `threads` is torch's CPU thread count. Methods are named `encoder` and
+`<model>_<decoder>`. `ratios` (for the first NAR model; `ratios_by_nar` for each, from the medians):
+nar_greedy_over_encoder, ar_greedy_over_nar_greedy, ar_beam_over_nar_greedy, ar_beam_over_nar_beam, next to the
+paper's AR/NAR speed-ups (OFA vs NARVL: grounding 2.4x, VQA 12.7x, caption 7.2x, entailment 1.4x).
 
 Two modes:
   --models M.pt ...   trained model files (`narvl export`): per task one AR file and one or more NAR files (a
                       file's model name is its folder's name after "<task>-": runs/vqa-nar-kd/model.pt is
-                      `nar-kd`); inputs are the first samples of the task's first evaluation split
-                      (pipeline.eval_splits) read from --shards/<task> with --shards/tokenizer.json; AR generation
+                      `nar-kd`); inputs are the first decode.bench_samples samples of the task's first evaluation
+                      split (pipeline.eval_splits) read from --shards/<task> with --shards/tokenizer.json; AR generation
                       stops at EOS (at most decode.max_len[task] tokens): the decoding cost the results table shows.
   --preset NAME       randomly initialised AR and NAR models of an architecture preset (cpu/tiny/medium/base/large/huge)
                       sharing one encoder's weights; random images of data.shard.image_size[task] pixels and
@@ -31,9 +39,10 @@ Two modes:
 
 Reads the params folder (model, data, decode, pipeline yaml); writes --out:
     {"mode", "preset", "arch", "parameters", "decode", "paper_speedup", "targets", "environment",
-     "results": [{"device", "task", "batch", "ms": {method: ms}, "ms_median": {method: ms}, "ratios",
-                  "ratios_by_nar", "nar_models", "num_queries", "ar_max_len", "ar_forced_length", "image_size",
-                  "source_len", "paper_speedup"}], "models"?, "splits"?}
+     "results": [{"device", "task", "batch", "samples", "batches", "rounds", "threads", "ms": {method: ms},
+                  "ms_iqr": {method: [q1, q3]}, "speedup": {"<nar>_<decoder>": {"median", "q1", "q3", "pairs"}},
+                  "ratios", "ratios_by_nar", "nar_models", "num_queries", "ar_max_len", "ar_forced_length",
+                  "image_size", "source_len", "paper_speedup"}], "models"?, "splits"?}
 """
 
 from __future__ import annotations
@@ -84,7 +93,8 @@ def _timer(device) -> Callable[[Callable[[], Any]], float]:
 
 def methods(ar, nars: dict[str, Any], images, src, mask, ar_max_len: int, ar_min_len: int,
             decode_params) -> dict[str, Callable[[], Any]]:
-    """method name (`encoder`, `<model>_<decoder>`) -> a function decoding the batch, the encoder alone first."""
+    """method name (`encoder`, `<model>_<decoder>`) -> a function decoding the batch, the encoder alone first, then
+    each NAR method followed by the AR method of the same decoder (the pairs `measure` keeps adjacent)."""
     import torch.nn.functional as F
 
     from narvl.decode.ctc import beam_search, greedy_decode
@@ -92,6 +102,8 @@ def methods(ar, nars: dict[str, Any], images, src, mask, ar_max_len: int, ar_min
     k, lp = decode_params.beam_size, decode_params.length_penalty
     first = next(iter(nars.values()))
     fns = {ENCODER: lambda: first.encode(images, src, mask)}
+    ar_fns = {"greedy": lambda: ar.generate(images, src, mask, ar_max_len, 1, lp, min_len=ar_min_len),
+              "beam": lambda: ar.generate(images, src, mask, ar_max_len, k, lp, min_len=ar_min_len)}
     for name, nar in nars.items():
         def logp(nar=nar):
             return F.log_softmax(nar(images, src, mask).float(), dim=-1)
@@ -99,24 +111,52 @@ def methods(ar, nars: dict[str, Any], images, src, mask, ar_max_len: int, ar_min
         blank = nar.special_ids["blank"]
         fns[f"{name}_greedy"] = lambda logp=logp, blank=blank: greedy_decode(logp(), blank)
         fns[f"{name}_beam"] = lambda logp=logp, blank=blank: beam_search(logp(), blank, k)
-    fns["ar_greedy"] = lambda: ar.generate(images, src, mask, ar_max_len, 1, lp, min_len=ar_min_len)
-    fns["ar_beam"] = lambda: ar.generate(images, src, mask, ar_max_len, k, lp, min_len=ar_min_len)
+    fns.update({f"ar_{decoder}": fn for decoder, fn in ar_fns.items()})
     return fns
 
 
-def measure(fns: dict[Any, Callable[[], Any]], repeats: int, device) -> dict[Any, list[float]]:
-    """Milliseconds of each repetition of each function, measured round-robin after one warm-up round."""
+def pairs(fns: dict[str, Any]) -> list[tuple[str, str]]:
+    """(NAR method, AR method) of the same decoder, for every NAR model in `fns`."""
+    return [(name, f"ar_{name.rpartition('_')[2]}") for name in fns
+            if name != ENCODER and not name.startswith("ar_")]
+
+
+def measure(batches: list[dict[str, Callable[[], Any]]], repeats: int, device) -> list[dict[str, float]]:
+    """One {method: ms} per (round, batch): `repeats` rounds after a warm-up round, each timing every batch with
+    every method; each (NAR, AR) pair of a decoder is timed back to back, AR second in even rounds and first in odd
+    ones. `batches` holds per input batch the functions of `methods`."""
     import torch
 
     timer = _timer(device)
-    times: dict[Any, list[float]] = {name: [] for name in fns}
+    out: list[dict[str, float]] = []
     with torch.inference_mode():
         for rnd in range(repeats + 1):
-            for name, fn in fns.items():
-                t = timer(fn)
+            for fns in batches:
+                times = {ENCODER: timer(fns[ENCODER])}
+                for nar, ar in pairs(fns):
+                    for name in ((nar, ar) if rnd % 2 == 0 else (ar, nar)):
+                        if name not in times:  # the AR method is timed once per round, next to the first NAR model
+                            times[name] = timer(fns[name])
                 if rnd:  # round 0 is the warm-up
-                    times[name].append(t)
-    return times
+                    out.append(times)
+    return out
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """{"median", "q1", "q3"} of `values` (inclusive quartiles; one value is its own spread)."""
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return {"median": median, "q1": q1, "q3": q3}
+
+
+def summarise(times: list[dict[str, float]]) -> dict[str, Any]:
+    """Median and quartiles per method, and the per-pair speed-ups (AR / NAR of the same round and batch)."""
+    names = list(times[0])
+    per = {name: spread([t[name] for t in times]) for name in names}
+    speedup = {}
+    for nar, ar in pairs(dict.fromkeys(names)):
+        speedup[nar] = {**spread([t[ar] / t[nar] for t in times]), "pairs": len(times)}
+    return {"ms": {n: per[n]["median"] for n in names}, "ms_iqr": {n: [per[n]["q1"], per[n]["q3"]] for n in names},
+            "speedup": speedup}
 
 
 def ratios(ms: dict[str, float], nar: str) -> dict[str, float]:
@@ -162,8 +202,8 @@ def _preset_setups(args, prm) -> list[dict[str, Any]]:
 
         def make_inputs(b, size=size, s=s, vocab=vocab):
             g = torch.Generator().manual_seed(b)
-            return (torch.randn(b, 3, size, size, generator=g), torch.randint(5, vocab, (b, s), generator=g),
-                    torch.zeros(b, s, dtype=torch.bool))
+            return [(torch.randn(b, 3, size, size, generator=g), torch.randint(5, vocab, (b, s), generator=g),
+                     torch.zeros(b, s, dtype=torch.bool))]
 
         setups.append({"task": task, "nars": {"nar": nar}, "ar": ar, "inputs": make_inputs, "num_queries": n,
                        "ar_max_len": max_len, "ar_min_len": max_len, "image_size": size, "source_len": s})
@@ -207,16 +247,20 @@ def _model_setups(args, prm) -> list[dict[str, Any]]:
             raise NarvlError(f"--models: task '{task}' has two NAR files named {names}; name their folders "
                              f"<task>-nar and <task>-nar-kd")
         split = prm["pipeline"].eval_splits[task][0]
-        biggest = max(prm["decode"].bench_batch_sizes)
-        batch = next(iter(eval_loader(args.shards / task, split, tokenizer, prm["data"], task, biggest, 0, 1)))
+        want = prm["decode"].bench_samples
+        batch = next(iter(eval_loader(args.shards / task, split, tokenizer, prm["data"], task, want, 0, 1)))
+        if batch["images"].size(0) < want:
+            log.warning("%s: split %s has %d samples, fewer than decode.bench_samples = %d", task, split,
+                        batch["images"].size(0), want)
 
         def make_inputs(b, batch=batch):
-            reps = -(-b // batch["images"].size(0))  # tile when the split is smaller than b
-
-            def take(t):
-                return t.repeat(reps, *([1] * (t.dim() - 1)))[:b]
-
-            return take(batch["images"]), take(batch["src_tokens"]), take(batch["src_mask"])
+            """Consecutive batches of b samples of the fixed sample, or the sample tiled to b when b is larger."""
+            pool = (batch["images"], batch["src_tokens"], batch["src_mask"])
+            n = pool[0].size(0)
+            if b > n:
+                reps = -(-b // n)
+                return [tuple(t.repeat(reps, *([1] * (t.dim() - 1)))[:b] for t in pool)]
+            return [tuple(t[i:i + b] for t in pool) for i in range(0, n - b + 1, b)]
 
         setups.append({"task": task, "nars": {n: m for n, m, _ in nars}, "ar": ar, "inputs": make_inputs,
                        "num_queries": nars[0][1].num_queries, "ar_max_len": prm["decode"].max_len[task],
@@ -244,28 +288,31 @@ def main(args: argparse.Namespace) -> int:
             ar = setup["ar"].to(device)
             nars = {n: m.to(device) for n, m in setup["nars"].items()}
             for b in prm["decode"].bench_batch_sizes:
-                images, src, mask = (t.to(device) for t in setup["inputs"](b))
-                fns = methods(ar, nars, images, src, mask, setup["ar_max_len"], setup["ar_min_len"], prm["decode"])
-                log.info("%s %s batch %d: timing %s", device.type, setup["task"], b, ", ".join(fns))
-                times = measure(fns, prm["decode"].bench_repeats, device)
-                ms = {name: min(ts) for name, ts in times.items()}
+                inputs = [tuple(t.to(device) for t in tensors) for tensors in setup["inputs"](b)]
+                batches = [methods(ar, nars, *tensors, setup["ar_max_len"], setup["ar_min_len"], prm["decode"])
+                           for tensors in inputs]
+                log.info("%s %s batch %d: timing %s on %d batches", device.type, setup["task"], b,
+                         ", ".join(batches[0]), len(batches))
+                summary = summarise(measure(batches, prm["decode"].bench_repeats, device))
+                ms = summary["ms"]
                 by_nar = {nar: ratios(ms, nar) for nar in nars}
                 rows.append({
-                    "device": device.type, "task": setup["task"], "batch": b, "ms": ms,
-                    "ms_median": {name: statistics.median(ts) for name, ts in times.items()},
+                    "device": device.type, "task": setup["task"], "batch": b,
+                    "samples": sum(int(t[0].size(0)) for t in inputs), "batches": len(inputs),
+                    "rounds": prm["decode"].bench_repeats, "threads": torch.get_num_threads(), **summary,
                     "ratios": next(iter(by_nar.values())), "ratios_by_nar": by_nar, "nar_models": list(nars),
                     "num_queries": setup["num_queries"], "ar_max_len": setup["ar_max_len"],
                     "ar_forced_length": setup["ar_min_len"] >= setup["ar_max_len"],
                     "image_size": setup["image_size"], "source_len": setup["source_len"],
                     "paper_speedup": PAPER_SPEEDUP.get(setup["task"])})
                 for nar, r in by_nar.items():
+                    g, bm = summary["speedup"][f"{nar}_greedy"], summary["speedup"][f"{nar}_beam"]
                     print(f"{device.type:4s} {setup['task']:9s} B={b:<3d} {nar:6s} enc {ms[ENCODER]:8.1f}  "
                           f"nar g/b {ms[f'{nar}_greedy']:8.1f} {ms[f'{nar}_beam']:8.1f}  "
-                          f"ar g/b {ms['ar_greedy']:8.1f} {ms['ar_beam']:8.1f} ms | nar_g/enc "
-                          f"{r['nar_greedy_over_encoder']:.2f}  ar_g/nar_g {r['ar_greedy_over_nar_greedy']:.2f}  "
-                          f"ar_b/nar_g {r['ar_beam_over_nar_greedy']:.2f}  ar_b/nar_b "
-                          f"{r['ar_beam_over_nar_beam']:.2f} (paper {PAPER_SPEEDUP.get(setup['task'])})",
-                          flush=True)
+                          f"ar g/b {ms['ar_greedy']:8.1f} {ms['ar_beam']:8.1f} ms (medians) | nar_g/enc "
+                          f"{r['nar_greedy_over_encoder']:.2f}  speed-up greedy {g['median']:.2f} "
+                          f"[{g['q1']:.2f}, {g['q3']:.2f}]  beam {bm['median']:.2f} [{bm['q1']:.2f}, {bm['q3']:.2f}] "
+                          f"(paper {PAPER_SPEEDUP.get(setup['task'])})", flush=True)
             setup["ar"], setup["nars"] = ar.cpu(), {n: m.cpu() for n, m in nars.items()}
     first = setups[0]
     result = {

@@ -2,12 +2,14 @@
 
 The decoding benchmark (`results/bench/decode.json`, written by `narvl bench decode`, narvl/decode/bench.py) holds
 
-    {"mode": "models" | "preset", "results": [{"device": "cpu" | "cuda", "task": str, "batch": int,
-                 "ms": {"encoder", "nar_greedy", "nar_beam", "ar_greedy", "ar_beam": milliseconds per batch}, ...}]}
+    {"mode": "models" | "preset", "results": [{"device": "cpu" | "cuda", "task": str, "batch": int, "threads": int,
+                 "ms": {"encoder", "nar_greedy", "nar_beam", "ar_greedy", "ar_beam": median ms per batch},
+                 "speedup": {"nar_greedy", ...: {"median", "q1", "q3", "pairs"}}, ...}]}
 
-and is read into flat records {device, task, model, decoder, batch_size, ms_per_sample} (ms / batch). The benchmark
-times one NAR model per task; a NAR + KD student has the same architecture and decoder, so its row reuses the NAR
-timing (`nar-kd` records are derived, marked `"derived_from": "nar"`).
+and is read into flat records {device, task, model, decoder, batch_size, ms_per_sample (ms / batch), threads,
+speedup (the per-pair AR/NAR ratio's {"median", "q1", "q3", "pairs"}, NAR models only)}. A NAR + KD student has the
+same architecture and decoder as the NAR model: when the benchmark did not time it, its records reuse the NAR
+timing (derived, marked `"derived_from": "nar"`).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def load_metrics(source: str | Path | list[str | Path]) -> list[Cell]:
     keys = [(c.task, c.split, c.model, c.decoder) for c in cells]
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
-        raise NarvlError(f"{folder}: more than one metrics file for the cells {sorted(dup)}")
+        raise NarvlError(f"{paths[0].parent}: more than one metrics file for the cells {sorted(dup)}")
     return cells
 
 
@@ -85,14 +87,16 @@ def load_bench(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             device, task, batch, ms = row["device"], row["task"], int(row["batch"]), dict(row["ms"])
         except (KeyError, TypeError, ValueError) as e:
             raise NarvlError(f"{path}: results[{i}]: needs device, task, batch and ms ({e})") from e
+        timed = {method.partition("_")[0] for method in ms}
         for method, value in ms.items():
             model, _, decoder = method.partition("_")
             if not decoder:
                 model, decoder = method, method  # the encoder alone
             rec = {"device": device, "task": task, "model": model, "decoder": decoder, "batch_size": batch,
-                   "ms_per_sample": float(value) / batch}
+                   "ms_per_sample": float(value) / batch, "threads": row.get("threads"),
+                   "speedup": (row.get("speedup") or {}).get(method)}
             out.append(rec)
-            if model == "nar":
+            if model == "nar" and "nar-kd" not in timed:
                 out.append({**rec, "model": "nar-kd", "derived_from": "nar"})
     devices = sorted({r["device"] for r in out})
     info = {"mode": data.get("mode"), "devices": devices}

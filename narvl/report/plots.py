@@ -116,7 +116,7 @@ def quality_vs_speed(cells: list[Cell], bench: list[dict], path: Path) -> Path |
             if c.task == task and splits and c.split == splits[0] and (c.model, c.decoder) in lat:
                 value = c.metrics.get(HEADLINE[task])
                 if value is not None:
-                    pts.append((1000.0 / lat[(c.model, c.decoder)], value * (100 if task == "caption" else 1),
+                    pts.append((1000.0 / lat[(c.model, c.decoder)]["ms_per_sample"], value * (100 if task == "caption" else 1),
                                 c.model, c.decoder))
         if pts:
             panels.append((task, splits[0], b, pts))

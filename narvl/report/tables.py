@@ -3,7 +3,9 @@
 Every number comes from a metrics cell or the decoding benchmark. `main.csv` holds the exact values (tidy: one
 value per row, written with Python's shortest round-trip repr); `main.md` shows them as the paper does (captions
 x100 with one decimal, VQA and grounding percentages with two, latency in ms with two, speed-up with two).
-The speed-up of a row is AR latency / the row's latency, same task, decoder and batch size.
+The speed-up of a row is the benchmark's median per-pair ratio AR time / NAR time (same task, decoder, batch size,
+inputs and round; its interquartile range beside it), or AR latency / the row's latency for a benchmark file without
+pair ratios.
 """
 
 from __future__ import annotations
@@ -65,14 +67,27 @@ def bench_device(bench: list[dict]) -> str | None:
     return "cuda" if "cuda" in devices else ("cpu" if "cpu" in devices else next(iter(sorted(devices)), None))
 
 
-def latency(bench: list[dict], task: str) -> tuple[int | None, dict[tuple[str, str], float]]:
-    """(batch size shown, {(model, decoder): ms per sample}) at the task's smallest benchmarked batch size."""
+def latency(bench: list[dict], task: str) -> tuple[int | None, dict[tuple[str, str], dict]]:
+    """(batch size shown, {(model, decoder): benchmark record}) at the task's smallest benchmarked batch size."""
     device = bench_device(bench)
     recs = [r for r in bench if r["task"] == task and r["decoder"] in DECODERS and r["device"] == device]
     if not recs:
         return None, {}
     b = min(r["batch_size"] for r in recs)
-    return b, {(r["model"], r["decoder"]): r["ms_per_sample"] for r in recs if r["batch_size"] == b}
+    return b, {(r["model"], r["decoder"]): r for r in recs if r["batch_size"] == b}
+
+
+def speedup(lat: dict[tuple[str, str], dict], model: str, decoder: str) -> dict[str, float] | None:
+    """{"median", "q1", "q3"} of the row's speed-up over AR (1 for AR itself); None when a timing is missing."""
+    rec, ar = lat.get((model, decoder)), lat.get(("ar", decoder))
+    if rec is None or ar is None:
+        return None
+    if model == "ar":
+        return {"median": 1.0, "q1": 1.0, "q3": 1.0}
+    if rec.get("speedup"):
+        return {k: rec["speedup"][k] for k in ("median", "q1", "q3")}
+    ratio = ar["ms_per_sample"] / rec["ms_per_sample"]
+    return {"median": ratio, "q1": ratio, "q3": ratio}
 
 
 @dataclass
@@ -131,24 +146,31 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
                     values.append({"task": task, "split": col.split, "model": model, "decoder": decoder,
                                    "quantity": col.metric, "value": value, "source": cell.path.name})
                 if b is not None:
-                    ms = lat.get((model, decoder))
-                    ar = lat.get(("ar", decoder))
+                    ms = lat[(model, decoder)]["ms_per_sample"] if (model, decoder) in lat else None
+                    up = speedup(lat, model, decoder)
                     row.append("–" if ms is None else _f2(ms))
-                    speedup = None if ms is None or ar is None else ar / ms
-                    row.append("–" if speedup is None else f"{speedup:.2f}×")
+                    if up is None:
+                        row.append("–")
+                    elif model == "ar" or up["q1"] == up["q3"]:
+                        row.append(f"{up['median']:.2f}×")
+                    else:
+                        row.append(f"{up['median']:.2f}× ({up['q1']:.2f}–{up['q3']:.2f})")
                     if ms is not None:
                         values.append({"task": task, "split": "", "model": model, "decoder": decoder,
                                        "quantity": f"ms_per_sample@{device},batch{b}", "value": ms,
                                        "source": "bench"})
-                    if speedup is not None:
+                    if up is not None:
                         values.append({"task": task, "split": "", "model": model, "decoder": decoder,
-                                       "quantity": f"speedup_vs_ar@{device},batch{b}", "value": speedup,
+                                       "quantity": f"speedup_vs_ar@{device},batch{b}", "value": up["median"],
                                        "source": "bench"})
                 rows.append(row)
         scale = {"caption": "scores x100", "vqa": "accuracy in %", "grounding": "Acc@0.5 in %"}[task]
+        threads = sorted({r["threads"] for r in lat.values() if r.get("threads")})
         timing = ("" if b is None else
-                  " Latency: `narvl bench decode` (fastest repetition / batch size); NAR + KD reuses the NAR timing "
-                  "(same architecture and decoder); speed-up = AR latency / latency, same decoder and batch size."
+                  " Latency: `narvl bench decode` (median ms per batch / batch size"
+                  + (f", {'/'.join(map(str, threads))} CPU threads" if threads and device == "cpu" else "")
+                  + "); speed-up = median of the per-pair ratios AR time / NAR time (interleaved, same inputs and "
+                  "decoder), interquartile range in brackets; NAR + KD reuses the NAR timing when it was not timed."
                   + (" Timed with randomly initialised models at a fixed output length (--preset)."
                      if bench_mode == "preset" else ""))
         notes.insert(0, f"{scale}; splits: {', '.join(splits) or 'none scored'}.{timing}")

@@ -180,6 +180,18 @@ MODEL_FILES = [model_file(task, model) for task in PIPELINE.tasks for model in m
 METRICS_FILES = [f"{RESULTS}/metrics/{t}-{s}-{m}-{d}.json" for t, s, m, d in cells()]
 PREDICTION_FILES = [f"{RESULTS}/predictions/{t}-{s}-{m}-{d}.json" for t, s, m, d in cells()]
 BENCH = f"{RESULTS}/bench/decode.json"
+# The published reference (`narvl report --publish`) the reproduction rule compares with; none for a new preset.
+PUBLISHED = PIPELINE.published_dir
+PUBLISHED_FILES = sorted(str(p) for sub in ("metrics", "bench") for p in Path(PUBLISHED, sub).glob("*.json"))
+
+
+def print_reproduction():
+    """The reproduction rule's one-line verdict, printed again as the last line of a run (onsuccess)."""
+    path = Path(RESULTS, "tables", "reproduction.md")
+    if path.is_file():
+        line = path.read_text(encoding="utf-8").splitlines()[2:3]
+        if line:
+            print(f"{path}: {line[0]}")
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
@@ -265,7 +277,7 @@ def logfile(name):
 
 def decode_drop(wildcards):
     """Greedy decoding reads no beam options; the benchmark's options are read by `narvl bench decode` only."""
-    drop = ["decode.bench_batch_sizes", "decode.bench_repeats", "data.loader.bench_micro_batch",
+    drop = ["decode.bench_batch_sizes", "decode.bench_repeats", "decode.bench_samples", "data.loader.bench_micro_batch",
             "data.loader.bench_batches"]
     if wildcards.decoder == "greedy":
         drop += ["decode.beam_size", "decode.length_penalty"]

@@ -52,4 +52,4 @@ rule bench_decode:
         gpu=RES["bench"]["gpu"],
     shell:
         "python -m narvl bench decode --params {params.folder:q} --models {input.models:q} --shards {params.shards:q}"
-        " --out {output.bench:q} > {log:q} 2>&1"
+        " --threads {threads} --out {output.bench:q} > {log:q} 2>&1"

@@ -1,11 +1,11 @@
-# The results: Markdown + CSV tables, plots, a gallery of predictions and the README's results block, all built
-# from the metrics files by `narvl report` (numbers are never typed by hand). `snakemake --report` bundles them.
+# The results: Markdown + CSV tables, plots and a gallery of predictions, all built from the metrics files by
+# `narvl report` (numbers are never typed by hand), then the comparison with the published reference
+# (pipeline.published_dir). `snakemake --report` bundles them. The README's results block is rewritten only by
+# `narvl report --publish` (docs/workflow.md, "Publishing"), from the published copy.
 
 
 rule report:
-    """Tables (results/tables/main.md, main.csv), plots and gallery from every metrics file, run and benchmark;
-    refreshes the block between `<!-- narvl:results:start -->` and `<!-- narvl:results:end -->` of pipeline.readme
-    in place (an input, not an output: Snakemake deletes outputs before a job runs)."""
+    """Tables (results/tables/main.md, main.csv), plots and gallery from every metrics file, run and benchmark."""
     input:
         code=sources("narvl.report.main"),
         metrics=METRICS_FILES,
@@ -13,7 +13,6 @@ rule report:
         bench=BENCH,
         summaries=[f"{RUNS}/{task}-{model}/summary.json" for task in PIPELINE.tasks for model in models(task)],
         shards=expand(f"{SHARDS}/{{task}}", task=PIPELINE.tasks),
-        readme=ancient(PIPELINE.readme),
     output:
         table=report(f"{RESULTS}/tables/main.md", caption="../report/tables.rst", category="Tables"),
         csv=report(f"{RESULTS}/tables/main.csv", caption="../report/tables.rst", category="Tables"),
@@ -34,5 +33,32 @@ rule report:
         runtime=RES["report"]["runtime"],
     shell:
         "python -m narvl report --metrics {input.metrics:q} --bench {input.bench:q} --runs {params.runs:q}"
-        " --predictions {params.predictions:q} --shards {params.shards:q} --out {params.out:q}"
-        " --readme {input.readme:q} > {log:q} 2>&1"
+        " --predictions {params.predictions:q} --shards {params.shards:q} --out {params.out:q} > {log:q} 2>&1"
+
+
+rule reproduction:
+    """The last rule: every metrics value and speed-up of this run against the published reference
+    (results/tables/reproduction.md, .csv); prints the one-line verdict. Never fails on a difference: the gate is
+    `narvl report --check` (docs/workflow.md)."""
+    input:
+        params=ancient_params("score"),
+        code=sources("narvl.report.main"),
+        metrics=METRICS_FILES,
+        bench=BENCH,
+        published=PUBLISHED_FILES,
+    output:
+        md=report(f"{RESULTS}/tables/reproduction.md", caption="../report/tables.rst", category="Tables"),
+        csv=f"{RESULTS}/tables/reproduction.csv",
+    params:
+        published=lambda w: PUBLISHED,  # may not exist yet (a new preset): then nothing is compared
+        out=lambda w, output: os.path.dirname(os.path.dirname(output.md)),
+        values=values("score.reproduction"),
+    log:
+        logfile("report/reproduction"),
+    threads: RES["report"]["threads"]
+    resources:
+        mem_mb=RES["report"]["mem_mb"],
+        runtime=RES["report"]["runtime"],
+    shell:
+        "python -m narvl report --metrics {input.metrics:q} --bench {input.bench:q} --published {params.published:q}"
+        " --score-params {input.params:q} --out {params.out:q} 2> {log:q} | tee -a {log:q}"

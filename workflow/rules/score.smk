@@ -39,7 +39,7 @@ rule score_vqa:
     params:
         questions=raw_path("score.{split}.questions", task="vqa"),
         annotations=raw_path("score.{split}.annotations", task="vqa"),
-        values=values("score", drop=("score.meteor", "score.spice", "score.iou_threshold")),
+        values=values("score", drop=("score.meteor", "score.spice", "score.iou_threshold", "score.reproduction")),
     log:
         logfile("score/vqa-{split}-{model}-{decoder}"),
     threads: RES["score"]["threads"]

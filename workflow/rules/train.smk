@@ -13,8 +13,8 @@ TRAIN_VALUES_DROP = (  # keys `narvl train` does not read (distill_tasks decides
     "data.loader.bench_batches")
 # The srun prefix as separate, quoted words: a launcher with options works, a `;` in it stays an argument.
 LAUNCHER = shlex.split(str(RES["train"]["mpi"]))
-DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "data.loader.bench_micro_batch",
-                       "data.loader.bench_batches")
+DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "decode.bench_samples",
+                       "data.loader.bench_micro_batch", "data.loader.bench_batches")
 
 
 rule train:
