@@ -108,8 +108,8 @@ def test_dvc_lock_matches_the_sources_and_params_of_this_checkout():
 def test_stale_lock_check_catches_an_edited_source(tmp_path):
     """The check above can fail: a copy of the checkout with one source file edited."""
     copy = tmp_path / "repo"
-    keep = ("dvc.yaml", "dvc.lock", "data.dvc", "Snakefile", ".dvc", ".dvcignore", "narvl", "workflow", "params", "published",
-            "README.md")
+    keep = ("dvc.yaml", "dvc.lock", "data.dvc", "Snakefile", ".dvc", ".dvcignore", "narvl", "workflow", "params",
+            "published", "README.md")
     copy.mkdir()
     for name in keep:
         src = ROOT / name
