@@ -150,9 +150,7 @@ def find_predictions(folder: str | Path | None) -> dict[tuple[str, str, str, str
 def shard_samples(shard_dir: str | Path, split: str, limit: int) -> Iterator[tuple[dict, bytes]]:
     """The first `limit` (sample json, jpg bytes) of a split, in shard order."""
     shard_dir = Path(shard_dir)
-    from narvl.data.shard import read_sizes
-
-    sizes = read_sizes(shard_dir)
+    sizes = read_json(shard_dir / "sizes.json")
     if split not in sizes:
         raise NarvlError(f"{shard_dir / 'sizes.json'}: no split '{split}'")
     count = 0
