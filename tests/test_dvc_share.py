@@ -84,6 +84,7 @@ def stale_entries(status: dict, produced: list[str]) -> list[str]:
 
     stale = []
     for stage, entries in status.items():
+        stage = stage.split("dvc.yaml:")[-1]  # DVC names a stage "<path>/dvc.yaml:<name>" outside its repo's folder
         for entry in entries:
             if isinstance(entry, str):  # "changed command", "always changed"
                 stale.append(f"{stage}: {entry}")
