@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import pickle
 import re
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from narvl.errors import NarvlError
+from narvl.eval.common import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -363,22 +363,15 @@ def main(args: argparse.Namespace) -> int:
         num_bins = int(cfg.get("_task", {}).get("num_bins", 1000))
         rows = vocabulary_rows(tok, args.bpe_dir, ofa_vocab, num_bins)
         special = {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id, "unk": tok.unk_id, "blank": tok.blank_id}
-        tok_ref = {"path": str(args.tokenizer), "sha256": _sha256(args.tokenizer)}
+        tok_ref = {"path": str(args.tokenizer), "sha256": file_sha256(args.tokenizer)}
     model, ignored, arch = build_from_checkpoint(args.checkpoint, args.kind, model_params.num_queries[args.task],
                                                  args.seed, rows, special)
     for key, reason in sorted(ignored.items()):
         log.debug("ignored %s: %s", key, reason)
-    ref = {"ofa_checkpoint": str(args.checkpoint), "sha256": _sha256(args.checkpoint), "tokenizer": tok_ref}
+    ref = {"ofa_checkpoint": str(args.checkpoint), "sha256": file_sha256(args.checkpoint), "tokenizer": tok_ref}
     save(args.out, model, {"task": args.task, "tokenizer": tok_ref or ref, "step": 0})
     print(f"{args.out}: {args.kind} model for {args.task} from {args.checkpoint} "
           f"({sum(p.numel() for p in model.parameters()):,} parameters, {len(ignored)} checkpoint keys ignored; "
           f"architecture {dataclasses.asdict(arch)})")
     return 0
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

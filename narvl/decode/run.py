@@ -41,6 +41,7 @@ from typing import Any
 from narvl import __version__
 from narvl import params as params_mod
 from narvl.errors import NarvlError
+from narvl.eval.common import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +67,12 @@ def sidecar_path(out: Path) -> Path:
     return decode_sidecar_path(out)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _check_tokenizer(meta: dict, tokenizer_path: Path, model_path: Path, vocab_size: int, model_vocab: int) -> None:
     """The model must have been trained with this tokenizer: same sha256 when the file records one, same size."""
     ref = meta.get("tokenizer")
     if isinstance(ref, dict) and ref.get("sha256"):
-        actual = _sha256(tokenizer_path)
+        actual = file_sha256(tokenizer_path)
         if actual != ref["sha256"]:
             raise NarvlError(f"{tokenizer_path}: sha256 {actual[:12]} differs from the tokenizer the model "
                              f"{model_path} was trained with ({ref.get('path', '?')}, {str(ref['sha256'])[:12]})")
@@ -185,12 +179,12 @@ def main(args: argparse.Namespace) -> int:
     predictions = json_bytes(records, indent=None)
     side = {
         "predictions_sha256": hashlib.sha256(predictions).hexdigest(),
-        "model_file": str(args.model), "model_sha256": _sha256(args.model), "kind": meta["kind"], "task": task,
+        "model_file": str(args.model), "model_sha256": file_sha256(args.model), "kind": meta["kind"], "task": task,
         "model": BLIND_MODEL if args.blank_images else cell["model"] if cell else meta["kind"],
         "blank_images": args.blank_images, "step": meta["step"],
         "arch_hash": hashlib.sha256(json.dumps(meta["arch"], sort_keys=True).encode()).hexdigest()[:12],
         "num_queries": meta["num_queries"], "tokenizer": {"path": str(args.tokenizer),
-                                                          "sha256": _sha256(args.tokenizer)},
+                                                          "sha256": file_sha256(args.tokenizer)},
         "decoder": args.decoder, "decode_params": params_mod.to_dict(decode_params),
         "decode_params_hash": params_mod.digest(decode_params), "split": args.split, "shards": str(args.shards),
         "samples": len(records), "device": device.type, "threads": torch.get_num_threads(),
