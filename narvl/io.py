@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -19,6 +20,15 @@ from narvl.errors import NarvlError
 # Written into every output folder by atomic_path(is_dir=True): the folder is narvl's and a rerun may replace it.
 OUTPUT_MARKER = ".narvl-output"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks: the one hash narvl records for provenance."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _check_parent(path: Path) -> None:

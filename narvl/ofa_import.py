@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from narvl.errors import NarvlError
-from narvl.eval.common import file_sha256
+from narvl.io import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from narvl.cli import main as cli_main
+from narvl.io import file_sha256
 from narvl.train import checkpoint as ck
 from tests import train_inputs as T
 
@@ -194,7 +195,7 @@ def test_export_round_trips_to_identical_outputs(tiny, uninterrupted):
     export(out, out / "model.pt")
     model, meta = load(out / "model.pt")
     assert (meta["kind"], meta["task"], meta["step"], meta["num_queries"]) == ("nar", "caption", 40, 6)
-    assert meta["tokenizer"]["sha256"] == ck.file_sha256(tiny["tokenizer"])
+    assert meta["tokenizer"]["sha256"] == file_sha256(tiny["tokenizer"])
 
     # independently: the model rebuilt from the params and the raw DeepSpeed weights
     tok = Tokenizer.load(tiny["tokenizer"])
@@ -349,4 +350,4 @@ def test_train_init_starts_a_nar_run_from_an_ar_model_file(tiny, ar_zero2_bf16):
     for key, value in start.named_parameters():  # (BatchNorm's running statistics move with the batch)
         assert torch.allclose(state[key].float(), value, atol=1e-6), key
     assert json.loads((out / "checkpoints" / "run.json").read_text())["identity"]["init"]["sha256"] == \
-        ck.file_sha256(init)
+        file_sha256(init)

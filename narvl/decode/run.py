@@ -41,7 +41,7 @@ from typing import Any
 from narvl import __version__
 from narvl import params as params_mod
 from narvl.errors import NarvlError
-from narvl.eval.common import file_sha256
+from narvl.io import file_sha256
 
 log = logging.getLogger(__name__)
 

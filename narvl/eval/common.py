@@ -8,7 +8,6 @@ stops, `wrong` scores them as wrong answers (an empty caption / answer, no box) 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from narvl import __version__, params as params_mod
 from narvl.errors import NarvlError
-from narvl.io import read_json
+from narvl.io import file_sha256, read_json
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +106,6 @@ def check_missing(path: str | Path, known: list, predicted: set, policy: str, wh
     if not known:
         raise NarvlError(f"{path}: the references hold no {what} to score")
     return Coverage(references=len(known), predicted=len(known) - len(missing), missing=missing)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cell_from_args(task: str, args: Any) -> dict[str, str | None]:

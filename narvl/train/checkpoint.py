@@ -41,14 +41,6 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_durable_json(path: Path, obj: Any) -> None:
     """Write JSON atomically and fsync it and its folder, so the marker survives a crash right after."""
     with atomic_path(path) as tmp:

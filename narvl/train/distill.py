@@ -33,7 +33,7 @@ from typing import Any
 
 from narvl import params as P
 from narvl.errors import NarvlError
-from narvl.io import atomic_path, check_output, write_json
+from narvl.io import atomic_path, check_output, file_sha256, write_json
 from narvl.train import checkpoint as ck
 from narvl.train.main import check_shards
 
@@ -153,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
     sizes = check_shards(shards, task, ["train"])
     tokenizer = Tokenizer.load(tok_path)
     expected = (meta.get("tokenizer") or {}).get("sha256")
-    if expected and expected != ck.file_sha256(tok_path):
+    if expected and expected != file_sha256(tok_path):
         raise NarvlError(f"{tok_path}: not the tokenizer the teacher {args.model} was trained with "
                          f"(sha256 {expected[:12]}...)")
     for split, entry in sizes.items():  # every split is copied: all must be there
@@ -180,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
                     link_or_copy(shards / name, tmp / name)
         write_json(tmp / "sizes.json", sizes)
         write_json(tmp / "distill.json", {
-            "teacher": {"path": str(args.model), "sha256": ck.file_sha256(args.model), "step": meta["step"],
+            "teacher": {"path": str(args.model), "sha256": file_sha256(args.model), "step": meta["step"],
                         "task": task},
             "source_shards": str(shards), "beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
             "max_len": decode.max_len[task], "train_samples": samples, "distinct_inputs": distinct,

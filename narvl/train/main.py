@@ -38,7 +38,7 @@ from typing import Any
 
 from narvl import params as P
 from narvl.errors import NarvlError
-from narvl.io import restricted_torch_loads, write_json
+from narvl.io import file_sha256, restricted_torch_loads, write_json
 from narvl.train import checkpoint as ck
 from narvl.train import launch
 from narvl.train.config import WarmupCosine, check_train_params
@@ -130,7 +130,7 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
         if not init_path.is_file():
             raise NarvlError(f"{where}: train.init: {init_path}: no such file (a narvl model file or an OFA "
                              f"checkpoint)")
-        init = {"path": str(init_path), "sha256": ck.file_sha256(init_path)}
+        init = {"path": str(init_path), "sha256": file_sha256(init_path)}
     arch = model_params.arch()
     if args.task not in model_params.num_queries:
         raise NarvlError(f"{Path(args.params) / 'model.yaml'}: model.num_queries has no entry for '{args.task}'")
@@ -161,7 +161,7 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
     tokenizer = Tokenizer.load(tok_path)
     special_ids = {"pad": tokenizer.pad_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id,
                    "unk": tokenizer.unk_id, "blank": tokenizer.blank_id}
-    tok_sha = ck.file_sha256(tok_path)
+    tok_sha = file_sha256(tok_path)
     identity = {"kind": args.kind, "task": args.task, "arch": dataclasses.asdict(arch),
                 "vocab_size": tokenizer.vocab_size, "num_queries": num_queries, "special_ids": special_ids,
                 "tokenizer_sha256": tok_sha, "init": init}
