@@ -297,7 +297,8 @@ def vocabulary_rows(tokenizer, bpe_dir: Path, ofa_vocab: int, num_bins: int) -> 
             token = tokenizer.id_to_token(i)
             if token not in encoder:
                 raise NarvlError(f"{bpe_dir / 'encoder.json'}: token {token!r} (narvl id {i}) is not in it: the "
-                                 f"tokenizer was not made from OFA's BPE")
+                                 f"tokenizer was not made from OFA's BPE (set data.tokenizer.gpt2_bpe_dir to OFA's "
+                                 f"utils/BPE and rebuild it)")
             row = row_of_gpt2.get(encoder[token])
             if row is None:  # fairseq maps a GPT-2 id missing from dict.txt to <unk>
                 unknown.append(token)

@@ -86,6 +86,9 @@ class TokenizerParams:
     vocab_size: int  # BPE merges stop at this size (special and location tokens not counted)
     num_bins: int  # location tokens <bin_0>..<bin_{B-1}>; the paper uses 1000
     lowercase: bool
+    # OFA's utils/BPE folder (encoder.json, vocab.bpe): use OFA's GPT-2 BPE instead of training one (vocab_size and
+    # lowercase then do not apply); needed when train.init is an OFA checkpoint
+    gpt2_bpe_dir: str | None
 
 
 @dataclass(frozen=True)

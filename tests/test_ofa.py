@@ -130,20 +130,28 @@ def test_every_checkpoint_key_is_used_or_ignored_with_a_reason(ref):
     assert model.special_ids == {**OFA_SPECIAL, "blank": emb.size(0) - 1}
 
 
-def test_derived_buffers_recomputed_match_ofa_hashes():
-    """The relative-position indices narvl computes equal OFA's stored buffers (sha256 from key_map.json)."""
+@pytest.mark.parametrize("folder", [p for p in FOLDERS if (p / "key_map.json").is_file()], ids=lambda p: p.name)
+def test_derived_buffers_recomputed_match_ofa_hashes(folder):
+    """The relative-position indices narvl computes equal OFA's stored buffers (sha256 from key_map.json), at the
+    sizes of the fixture's config and buffer shapes."""
     import hashlib
 
     from narvl.model.layers import image_rel_index, token_rel_buckets
 
-    derived = json.loads((ROOT / "ofa" / "key_map.json").read_text())["omitted_derived_buffers"]["fairseq"]
-    tokens = token_rel_buckets(1024, 1024, 256)
+    derived = json.loads((folder / "key_map.json").read_text())["omitted_derived_buffers"]["fairseq"]
+    path = folder / "ofa_tiny_random.pt"
+    cfg = arch_from_checkpoint(*read_checkpoint(path), path)[0]
+    positions = derived["encoder.token_rp_bucket"]["shape"][0]
+    tokens = token_rel_buckets(positions, positions, cfg.token_bucket_size)
     assert hashlib.sha256(tokens.numpy().astype("<i8").tobytes()).hexdigest() == \
         derived["encoder.token_rp_bucket"]["sha256_int64_le"]
-    # OFA's image buffer is indexed by position id (row * 42 + col + 1; id 0 unused by patches)
-    full = torch.full((1765, 1765), -1, dtype=torch.long)
-    full[1:, 1:] = image_rel_index(42, 42, 42)
-    n = (2 * 42 - 1) ** 2 + 3
+    # OFA's image buffer is indexed by position id (row * grid + col + 1; id 0 unused by patches)
+    grid = cfg.image_bucket_size
+    size = derived["encoder.image_rp_bucket"]["shape"][0]
+    assert size == grid * grid + 1
+    full = torch.full((size, size), -1, dtype=torch.long)
+    full[1:, 1:] = image_rel_index(grid, grid, grid)
+    n = (2 * grid - 1) ** 2 + 3
     full[0, :], full[:, 0] = n - 3, n - 2
     full[0, 0] = n - 1
     assert hashlib.sha256(full.numpy().astype("<i8").tobytes()).hexdigest() == \
@@ -320,9 +328,10 @@ def test_train_init_refuses_what_does_not_fit(ref, tmp_path):
     same = narvl_model.build_model("nar", model.arch, model.vocab_size, 3, model.special_ids)
     with pytest.raises(NarvlError, match="init_bpe_dir"):
         load_init(ckpt, same, None, None)
-    other = narvl_model.build_model("nar", dataclasses.replace(model.arch, ffn_dim=32), model.vocab_size, 3,
+    ffn = model.arch.ffn_dim // 2
+    other = narvl_model.build_model("nar", dataclasses.replace(model.arch, ffn_dim=ffn), model.vocab_size, 3,
                                     model.special_ids)
-    with pytest.raises(NarvlError, match="ffn_dim: 128 .file. vs 32 .params."):
+    with pytest.raises(NarvlError, match=rf"ffn_dim: {model.arch.ffn_dim} .file. vs {ffn} .params."):
         load_init(ckpt, other, None, None)
     # a narvl model file of the other kind: everything but the queries transfers
     path = tmp_path / "ar.pt"

@@ -155,6 +155,11 @@ def real_preset_on_placeholders(tmp_path: Path) -> Path:
     bpe.mkdir(parents=True, exist_ok=True)
     train["train"].update(init=str(init), init_bpe_dir=str(bpe))
     (params / "train.yaml").write_text(yaml.safe_dump(train, sort_keys=False))
+    data = yaml.safe_load((params / "data.yaml").read_text())  # data.tokenizer.gpt2_bpe_dir: the same BPE folder
+    for name in ("encoder.json", "vocab.bpe"):
+        (bpe / name).touch()
+    data["data"]["tokenizer"]["gpt2_bpe_dir"] = str(bpe)
+    (params / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return params
 
 
@@ -192,9 +197,15 @@ def test_real_preset_dry_run(tmp_path):
     train = next(j for j in jobs if j["rule"] == "train")
     assert str(params / "train.yaml") in train["input"]
     assert str(tmp_path / "disk" / "path/to/ofa_base.pt") in train["input"]  # train.init is the run's input
+    # the tokenizer is OFA's GPT-2 BPE (data.tokenizer.gpt2_bpe_dir), so that the OFA checkpoint's rows line up
+    bpe = tmp_path / "disk" / "path/to/OFA/utils/BPE"
+    tokenizer = next(j for j in jobs if j["rule"] == "tokenizer")
+    assert {str(bpe / "encoder.json"), str(bpe / "vocab.bpe")} <= set(tokenizer["input"]), tokenizer
     # GPU resources reach the training jobs
-    proc = snakemake("-n", "--forceall", "--nocolor", "--config", f"params_dir={params}")
+    proc = snakemake("-n", "--forceall", "--nocolor", "-p", "--config", f"params_dir={params}")
     text = proc.stdout + proc.stderr
+    assert re.search(rf"narvl tokenizer --params \S+ --gpt2 {re.escape(str(bpe))}/encoder.json "
+                     rf"{re.escape(str(bpe))}/vocab.bpe --out", text), text[-3000:]
     gpu = yaml.safe_load((params / "pipeline.yaml").read_text())["pipeline"]["resources"]["train"]["gpu"]
     assert gpu > 0 and re.search(rf"rule train:(?:\n    .*)*\n    resources: .*gpu={gpu}\b", text), text[-3000:]
 

@@ -2,7 +2,7 @@
 an optional key/value cache, and the relative-position buckets of unify_transformer.py.
 
 Module and parameter names are fairseq's (`self_attn.q_proj`, `attn_ln`, `ffn_layernorm`, `encoder_attn`, ...), so
-an OFA checkpoint maps onto them by name (narvl/model/ofa_import.py).
+an OFA checkpoint maps onto them by name (narvl/ofa_import.py).
 
 Shapes: B batch, L query length, S key length, d model width, h heads, d_h = d / h. Padding masks are bool with True
 at padding (the batch dict's convention). Attention biases are float (B|1, h, L, S); -inf entries mask.

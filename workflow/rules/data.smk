@@ -125,16 +125,24 @@ rule shard_ofa_tsv:
         " --tsv {params.split_files:q} --out {output.shards:q} > {log:q} 2>&1"
 
 
+# data.tokenizer.gpt2_bpe_dir: OFA's GPT-2 BPE files, converted instead of training a BPE (an OFA train.init needs it)
+GPT2_BPE = PARAMS["data"].tokenizer.gpt2_bpe_dir
+GPT2_FILES = [os.path.join(GPT2_BPE, name) for name in ("encoder.json", "vocab.bpe")] if GPT2_BPE else []
+
+
 rule tokenizer:
-    """The BPE tokenizer (+ CTC blank and location bins), trained on every task's training text."""
+    """The BPE tokenizer (+ CTC blank and location bins): trained on every task's training text, or OFA's GPT-2 BPE
+    (data.tokenizer.gpt2_bpe_dir)."""
     input:
         params=ancient_params("data"),
         code=sources("narvl.data.tokenizer"),
         shards=expand(f"{SHARDS}/{{task}}", task=PIPELINE.tasks),
+        gpt2=GPT2_FILES,
     output:
         tokenizer=TOKENIZER,
     params:
         values=values("data.tokenizer"),
+        source=lambda wildcards, input: ["--gpt2", *input.gpt2] if GPT2_FILES else ["--shards", *input.shards],
     log:
         logfile("data/tokenizer"),
     threads: RES["data"]["threads"]
@@ -142,7 +150,7 @@ rule tokenizer:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl tokenizer --params {input.params:q} --shards {input.shards:q} --out {output.tokenizer:q} > {log:q} 2>&1"
+        "python -m narvl tokenizer --params {input.params:q} {params.source:q} --out {output.tokenizer:q} > {log:q} 2>&1"
 
 
 rule data_all:
