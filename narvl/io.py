@@ -20,6 +20,9 @@ from narvl.errors import NarvlError
 # Written into every output folder by atomic_path(is_dir=True): the folder is narvl's and a rerun may replace it.
 OUTPUT_MARKER = ".narvl-output"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# Errors of reading that say nothing about a file's content (permissions, I/O, resources): not "corrupt".
+TRANSIENT = (errno.EACCES, errno.EPERM, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN,
+             errno.ESTALE, errno.ETIMEDOUT)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -229,6 +232,10 @@ def load_torch_file(path: str | os.PathLike, *, allow: Iterable[Any] = (), map_l
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError as e:
         raise NarvlError(f"{path}: no such file") from e
+    except OSError as e:
+        if e.errno in TRANSIENT:  # the file may be fine: never a reason to discard it (resume deletes unreadable ones)
+            raise NarvlError(f"{path}: cannot read it: {e.strerror}") from e
+        raise UnreadableFile(f"{path}: truncated or corrupt torch file ({e})") from e
     except pickle.UnpicklingError as e:
         refused = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(e))
         if refused:

@@ -164,6 +164,24 @@ def test_resume_refuses_a_planted_rank_file(tmp_path):
     assert not marker.exists()
 
 
+def test_a_checkpoint_that_cannot_be_read_now_is_kept(tmp_path, monkeypatch):
+    """Resume deletes a complete checkpoint whose files are truncated or corrupt; one that merely cannot be read at
+    the moment (permissions, an I/O error) is an error that stops the run, and no reason to fall back and delete."""
+    tag = fake_run(tmp_path / "R", {"mp_rank_00_model_states.pt": None, "ranks/rank_00000.pt": {"consumed": 1}})
+    assert ck.latest_readable(tag.parent, ck.deepspeed_allow()) == ((4, tag), [])  # readable: nothing is broken
+    real_load = torch.load
+
+    def flaky(path, *args, **kwargs):
+        if Path(path).name == "rank_00000.pt":
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", flaky)
+    with pytest.raises(NarvlError, match=r"rank_00000\.pt: cannot read it: Input/output error") as e:
+        ck.latest_readable(tag.parent, ck.deepspeed_allow())
+    assert not isinstance(e.value, narvl_io.UnreadableFile) and (tag / "ranks" / "rank_00000.pt").is_file()
+
+
 def test_restricted_loads_cover_deepspeeds_own_torch_load(tmp_path):
     """DeepSpeed's loaders pass weights_only=False themselves: inside restricted_torch_loads they cannot run code,
     and outside it torch's own setting is back."""

@@ -49,7 +49,7 @@ def measure(shard_dir: Path, tokenizer, data_params, task: str, workers: int) ->
 def main(args: argparse.Namespace) -> int:
     from narvl import params as params_mod
     from narvl.data.loader import iter_samples
-    from narvl.data.shard import read_sizes
+    from narvl.data.shard_folder import read_sizes
     from narvl.data.tokenizer import Tokenizer
     from narvl.errors import NarvlError
     from narvl.io import write_json

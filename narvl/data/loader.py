@@ -210,7 +210,7 @@ class Loader:
 
 
 def _split_shards(shard_dir: Path, split: str) -> tuple[list[Path], int]:
-    from narvl.data.shard import read_sizes
+    from narvl.data.shard_folder import read_sizes
 
     sizes = read_sizes(shard_dir)
     if split not in sizes:

@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import re
 from collections import OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,9 +28,10 @@ from webdataset.writer import TarWriter
 from narvl import params as params_mod
 from narvl.data import images as imglib
 from narvl.data.readers import Record, read_karpathy, read_ofa_tsv, read_refer, read_vqav2
+from narvl.data.shard_folder import check_key_part
 from narvl.data.tokenizer import bins_string, box_to_bins
 from narvl.errors import NarvlError
-from narvl.io import atomic_path, check_output, read_json, write_json
+from narvl.io import atomic_path, check_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,6 @@ class _SplitWriter:
                 "skipped_ids": self.skipped}
 
 
-def _check_key_part(split: str) -> str:
-    if not split or "." in split or "/" in split or "\\" in split:
-        raise NarvlError(f"split name {split!r}: must be non-empty, without dots or slashes")
-    return split
-
-
 def _image_groups(records: Iterable[Record]) -> Iterator[list[Record]]:
     """Runs of consecutive records that share an image (readers sort so that they mostly do)."""
     group: list[Record] = []
@@ -152,7 +146,7 @@ def write_shards(records: Iterable[Record], task: str, data_params, out: Path, t
             for rec, image in tqdm(prepared, total=total, desc=f"shard {task}", unit="sample", mininterval=1.0):
                 writer = writers.get(rec.split)
                 if writer is None:
-                    writer = writers[rec.split] = _SplitWriter(tmp, task, _check_key_part(rec.split),
+                    writer = writers[rec.split] = _SplitWriter(tmp, task, check_key_part(rec.split),
                                                                shard_params.samples_per_shard)
                 if isinstance(image, str):
                     log.warning("%s %s: skipped: %s", rec.split, rec.source_id, image)
@@ -234,32 +228,3 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_sizes(shard_dir: Path, task: str | None = None) -> dict:
-    """sizes.json of a shard folder, checked: the one reader of shard folders.
-
-    Every split name is a key part (no dots or slashes) and every shard name is exactly `<task>-<split>-%06d.tar`
-    of that split (so no name reaches outside the folder); with `task`, every shard is one of that task's.
-    """
-    path = Path(shard_dir) / "sizes.json"
-    if not path.is_file():
-        raise NarvlError(f"{path}: missing (is {shard_dir} a shard folder made by `narvl shard`?)")
-    sizes = read_json(path)
-    if not isinstance(sizes, dict):
-        raise NarvlError(f"{path}: expected a mapping of split -> {{shards, samples, ...}}")
-    for split, entry in sizes.items():
-        try:
-            _check_key_part(split)
-        except NarvlError as e:
-            raise NarvlError(f"{path}: {e}") from e
-        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) or "samples" not in entry:
-            raise NarvlError(f"{path}: split '{split}': expected {{\"shards\": [...], \"samples\": N, ...}}")
-        pattern = re.compile(rf"(?P<task>{'|'.join(params_mod.TASKS)})-{re.escape(split)}-\d{{6}}\.tar")
-        for name in entry["shards"]:
-            m = pattern.fullmatch(name) if isinstance(name, str) else None
-            if m is None:
-                raise NarvlError(f"{path}: split '{split}': shard name {name!r} is not <task>-{split}-NNNNNN.tar "
-                                 f"(a shard folder lists only its own files, by name)")
-            if task is not None and m["task"] != task:
-                raise NarvlError(f"{path}: split '{split}': shard {name} is not a '{task}' shard but a {m['task']} "
-                                 f"one (a {task} model, or --task {task}, on another task's shards?)")
-    return sizes

@@ -195,7 +195,7 @@ def training_texts(shard_dirs: Iterable[Path], split: str = "train") -> Iterator
     from tqdm import tqdm
 
     from narvl.data.loader import iter_samples
-    from narvl.data.shard import read_sizes
+    from narvl.data.shard_folder import read_sizes
 
     for shard_dir in shard_dirs:
         sizes = read_sizes(shard_dir)

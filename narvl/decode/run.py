@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
     from narvl.data.loader import eval_loader
     from narvl.data.tokenizer import Tokenizer
     from narvl.eval.common import CELL_RE
-    from narvl.data.shard import read_sizes
+    from narvl.data.shard_folder import read_sizes
     from narvl.io import check_output, json_bytes, write_bytes, write_json
 
     decode_params = params_mod.load(args.params, "decode")

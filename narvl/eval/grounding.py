@@ -97,7 +97,7 @@ def load_refer(refs_path: str | Path, instances_path: str | Path, split: str) ->
 def load_shards(shard_dir: str | Path, split: str) -> tuple[list[RefItem], dict]:
     """Ground truth from the shards' sample JSON; returns the items and the split's sizes.json entry."""
     shard_dir = Path(shard_dir)
-    from narvl.data.shard import read_sizes
+    from narvl.data.shard_folder import read_sizes
 
     sizes = read_sizes(shard_dir, "grounding")
     if split not in sizes:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from narvl.errors import NarvlError
+from narvl.data.shard_folder import read_sizes
 from narvl.eval.common import CELL_RE
 from narvl.io import read_json
 
@@ -150,7 +151,7 @@ def find_predictions(folder: str | Path | None) -> dict[tuple[str, str, str, str
 def shard_samples(shard_dir: str | Path, split: str, limit: int) -> Iterator[tuple[dict, bytes]]:
     """The first `limit` (sample json, jpg bytes) of a split, in shard order."""
     shard_dir = Path(shard_dir)
-    sizes = read_json(shard_dir / "sizes.json")
+    sizes = read_sizes(shard_dir)  # every shard name checked: none reaches outside the folder
     if split not in sizes:
         raise NarvlError(f"{shard_dir / 'sizes.json'}: no split '{split}'")
     count = 0

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def shard_task(shards: Path) -> str:
-    from narvl.data.shard import read_sizes
+    from narvl.data.shard_folder import read_sizes
 
     sizes = read_sizes(shards)
     if "train" not in sizes or not sizes["train"]["shards"]:

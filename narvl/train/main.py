@@ -102,7 +102,7 @@ def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
     """sizes.json exists, lists every split with samples, and the listed shards exist and belong to `task`."""
     if not shards.is_dir():
         raise NarvlError(f"{shards}: no such shard folder (made by `narvl shard` or `narvl distill`)")
-    from narvl.data.shard import read_sizes
+    from narvl.data.shard_folder import read_sizes
 
     sizes_path = shards / "sizes.json"
     sizes = read_sizes(shards, task)  # every listed name is one of this task's shard names, inside the folder
