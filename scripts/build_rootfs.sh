@@ -14,7 +14,7 @@
 #      parameters of tests/test_workflow_e2e.py, `snakemake --cores all` with the image's Python, then the outputs
 #      are checked. Nothing of the host's .venv is visible inside.
 # Every step prints its wall time; the whole log goes to ROOTFS.log. Needs root (debootstrap, namespaces), about
-# 4 GB of disk and the network to Debian's mirror and the package index. Run it under `heavy` on shared machines.
+# 7 GB of disk and the network to Debian's mirror and the package index. Run it under `heavy` on shared machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -55,6 +55,19 @@ def test_preset_mode_writes_latencies_and_ratios(tmp_path, capsys):
         assert got[("nar", "greedy", r["batch"])] == r["ms"]["nar_greedy"] / r["batch"]
 
 
+def test_bf16_weights_and_images(tmp_path):
+    """--dtype bf16 (what scripts/gpu_check.sh times on a GPU) runs on the CPU too, and the JSON says so."""
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "decode.json"
+    args = parser.parse_args(["--params", str(small_params(tmp_path)), "--preset", "cpu", "--device", "cpu",
+                              "--tasks", "vqa", "--dtype", "bf16", "--threads", "1", "--out", str(out)])
+    assert bench.main(args) == 0
+    result = read_json(out)
+    assert result["dtype"] == "bf16" and {r["dtype"] for r in result["results"]} == {"bf16"}
+    assert all(v > 0 for r in result["results"] for v in r["ms"].values())
+
+
 def test_forced_length_generation_in_preset_setup(tmp_path):
     """The AR models the preset mode builds generate exactly max_len - 1 tokens (+ EOS) and share the encoder."""
     import torch

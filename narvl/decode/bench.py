@@ -59,6 +59,7 @@ from narvl.params import PRESETS
 
 PAPER_SPEEDUP = {"grounding": 2.4, "vqa": 12.7, "caption": 7.2, "entailment": 1.4}
 ENCODER = "encoder"  # the method name of the encoder-only measurement
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype -> torch dtype name
 log = logging.getLogger("narvl.bench.decode")
 
 
@@ -71,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", help="only these tasks (default: all the mode provides)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: the CPU, and the GPU when one is available")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                        help="weights and images in this precision (bf16/fp16: for GPUs; bf16 also runs on a CPU)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (default 0: torch's own choice); 1 is steadier on a busy machine")
     parser.add_argument("--out", required=True, type=Path, help="JSON output")
@@ -282,13 +285,15 @@ def main(args: argparse.Namespace) -> int:
     prm = {stage: params.load(args.params / f"{stage}.yaml", stage)
            for stage in ("model", "data", "decode", "pipeline")}
     setups = _preset_setups(args, prm) if args.preset else _model_setups(args, prm)
+    dtype = getattr(torch, DTYPES[args.dtype])
     rows = []
     for device in _devices(args.device):
         for setup in setups:
-            ar = setup["ar"].to(device)
-            nars = {n: m.to(device) for n, m in setup["nars"].items()}
+            ar = setup["ar"].to(device, dtype)
+            nars = {n: m.to(device, dtype) for n, m in setup["nars"].items()}
             for b in prm["decode"].bench_batch_sizes:
-                inputs = [tuple(t.to(device) for t in tensors) for tensors in setup["inputs"](b)]
+                inputs = [tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in tensors)
+                          for tensors in setup["inputs"](b)]
                 batches = [methods(ar, nars, *tensors, setup["ar_max_len"], setup["ar_min_len"], prm["decode"])
                            for tensors in inputs]
                 log.info("%s %s batch %d: timing %s on %d batches", device.type, setup["task"], b,
@@ -297,7 +302,7 @@ def main(args: argparse.Namespace) -> int:
                 ms = summary["ms"]
                 by_nar = {nar: ratios(ms, nar) for nar in nars}
                 rows.append({
-                    "device": device.type, "task": setup["task"], "batch": b,
+                    "device": device.type, "dtype": args.dtype, "task": setup["task"], "batch": b,
                     "samples": sum(int(t[0].size(0)) for t in inputs), "batches": len(inputs),
                     "rounds": prm["decode"].bench_repeats, "threads": torch.get_num_threads(), **summary,
                     "ratios": next(iter(by_nar.values())), "ratios_by_nar": by_nar, "nar_models": list(nars),
@@ -313,7 +318,7 @@ def main(args: argparse.Namespace) -> int:
                           f"{r['nar_greedy_over_encoder']:.2f}  speed-up greedy {g['median']:.2f} "
                           f"[{g['q1']:.2f}, {g['q3']:.2f}]  beam {bm['median']:.2f} [{bm['q1']:.2f}, {bm['q3']:.2f}] "
                           f"(paper {PAPER_SPEEDUP.get(setup['task'])})", flush=True)
-            setup["ar"], setup["nars"] = ar.cpu(), {n: m.cpu() for n, m in nars.items()}
+            setup["ar"], setup["nars"] = ar.cpu().float(), {n: m.cpu().float() for n, m in nars.items()}
     first = setups[0]
     result = {
         "mode": "preset" if args.preset else "models",
@@ -325,6 +330,7 @@ def main(args: argparse.Namespace) -> int:
         "paper_speedup": PAPER_SPEEDUP,
         "targets": {"nar_greedy_over_encoder": "<= 1.3",
                     "ar_greedy_over_nar_greedy": ">= 4 at caption length, batch 1"},
+        "dtype": args.dtype,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "cpu": platform.processor() or platform.machine(),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
