@@ -138,6 +138,8 @@ def test_models_mode_reads_eval_shards_and_names_models_by_folder(tmp_path):
     # the split has 2 samples (fewer than decode.bench_samples): batch 1 times each, batch 3 tiles them
     assert [(r["samples"], r["batches"]) for r in rows] == [(2, 2), (3, 1)]
     assert rows[0]["speedup"]["nar-kd_beam"]["pairs"] == 2
+    # batch 3 holds the whole sample in one batch: it gets more rounds, so as many pairs as batch 1
+    assert [(r["rounds"], r["speedup"]["nar_greedy"]["pairs"]) for r in rows] == [(1, 2), (2, 2)]
     for r in rows:
         assert set(r["ms"]) == {"encoder", "nar_greedy", "nar_beam", "nar-kd_greedy", "nar-kd_beam", "ar_greedy",
                                 "ar_beam"}

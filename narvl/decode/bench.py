@@ -16,6 +16,8 @@ one random batch (--preset). At batch size b <= the sample size, the sample is c
 times every batch with every method, an AR measurement right next to the NAR one it is compared with (A B, then B A
 in the next round, so that neither always goes first). A pair is one (round, batch): its ratio AR time / NAR time
 is a speed-up measured under the same machine load, which is what makes two runs on a busy machine comparable.
+A batch size with fewer batches than batch 1 gets more rounds, so that every row has at least as many pairs as
+batch 1 (decode.bench_repeats x the sample size; `rounds` in each row).
 
 Per (device, task, batch) row: `ms` maps each method to the median time of one batch over every (round, batch),
 `ms_iqr` to its [first, third] quartile; `speedup` maps `<nar model>_<decoder>` (nar_greedy, nar-kd_beam, ...) to
@@ -296,15 +298,19 @@ def main(args: argparse.Namespace) -> int:
                           for tensors in setup["inputs"](b)]
                 batches = [methods(ar, nars, *tensors, setup["ar_max_len"], setup["ar_min_len"], prm["decode"])
                            for tensors in inputs]
+                # every batch size gets at least the pairs of batch 1 (rounds x batches): a large batch that holds
+                # the whole sample would otherwise have decode.bench_repeats pairs only, too few under load
+                repeats = prm["decode"].bench_repeats
+                rounds = max(repeats, -(-repeats * len(setup["inputs"](1)) // len(inputs)))
                 log.info("%s %s batch %d: timing %s on %d batches", device.type, setup["task"], b,
                          ", ".join(batches[0]), len(batches))
-                summary = summarise(measure(batches, prm["decode"].bench_repeats, device))
+                summary = summarise(measure(batches, rounds, device))
                 ms = summary["ms"]
                 by_nar = {nar: ratios(ms, nar) for nar in nars}
                 rows.append({
                     "device": device.type, "dtype": args.dtype, "task": setup["task"], "batch": b,
                     "samples": sum(int(t[0].size(0)) for t in inputs), "batches": len(inputs),
-                    "rounds": prm["decode"].bench_repeats, "threads": torch.get_num_threads(), **summary,
+                    "rounds": rounds, "threads": torch.get_num_threads(), **summary,
                     "ratios": next(iter(by_nar.values())), "ratios_by_nar": by_nar, "nar_models": list(nars),
                     "num_queries": setup["num_queries"], "ar_max_len": setup["ar_max_len"],
                     "ar_forced_length": setup["ar_min_len"] >= setup["ar_max_len"],
