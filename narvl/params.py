@@ -60,6 +60,8 @@ class SynthParams:
     captions_per_image: int
     max_caption_words: int  # words + punctuation marks; keep under the caption target length (NAR queries)
     questions_per_image: int
+    question_kinds: list[str]  # VQA question kinds drawn from (colour, shape, count, yesno, relation)
+    question_phrases: str  # how colour/shape questions name their object: "all" descriptions or "attributes" only
     refs_per_image: int
     sentences_per_ref: int
     answer_noise: float  # chance that one of the 10 human answers deviates (synonym or mistake; at most 4 do)

@@ -148,6 +148,22 @@ def test_vqa_files_are_consistent(raw, subtype):
             assert a["multiple_choice_answer"].isdigit()
 
 
+def test_question_kinds_and_plain_attribute_phrases(tmp_path):
+    """data.synth.question_kinds limits the kinds asked; question_phrases "attributes" names the object of a colour
+    or shape question by its attributes only (no leftmost/rightmost, no relation to another object)."""
+    out = tmp_path / "raw"
+    synth.generate(small_params(question_kinds=["colour", "shape"], question_phrases="attributes"), out)
+    qs = load_json(out / "vqa" / "v2_OpenEnded_mscoco_train2014_questions.json")["questions"]
+    assert qs and all(re.fullmatch(r"(what color is the|what is the shape of the) [a-z ]+\?", q["question"])
+                      for q in qs), [q["question"] for q in qs][:5]
+    spatial = re.compile(r"\b(left|right|above|below|top|bottom|leftmost|rightmost|topmost|bottommost|of the \w+ \w+)\b")
+    assert not [q["question"] for q in qs if spatial.search(q["question"].replace("shape of the", ""))]
+    with pytest.raises(NarvlError, match="question_kinds must be distinct kinds of colour, shape, count"):
+        synth.check(small_params(question_kinds=["colour", "size"]))
+    with pytest.raises(NarvlError, match="question_phrases must be 'all' or 'attributes'"):
+        synth.check(small_params(question_phrases="short"))
+
+
 def test_vqa_answers_sometimes_disagree(raw):
     anns = load_json(raw / "vqa" / "v2_mscoco_train2014_annotations.json")["annotations"]
     disagreeing = sum(len({x["answer"] for x in a["answers"]}) > 1 for a in anns)

@@ -98,6 +98,12 @@ def check(p: SynthParams) -> None:
         problems.append("answer_noise must be in [0, 1]")
     if p.max_caption_words < 8:
         problems.append("max_caption_words must be at least 8")
+    unknown = [k for k in p.question_kinds if k not in ss.QUESTION_KINDS]
+    if unknown or not p.question_kinds or len(set(p.question_kinds)) != len(p.question_kinds):
+        problems.append(f"question_kinds must be distinct kinds of {', '.join(ss.QUESTION_KINDS)} (got "
+                        f"{', '.join(map(str, p.question_kinds)) or 'none'})")
+    if p.question_phrases not in ("all", "attributes"):
+        problems.append(f"question_phrases must be 'all' or 'attributes' (got {p.question_phrases!r})")
     if not 1 <= p.jpeg_quality <= 95:
         problems.append("jpeg_quality must be in [1, 95]")
     if problems:
@@ -196,7 +202,8 @@ def write_vqa(p: SynthParams, records: list[ImageRecord], out: Path) -> dict[str
             if r.folder != subtype:
                 continue
             rng = _rng(p, r.image_id, "vqa")
-            for k, q in enumerate(ss.questions(rng, r.scene, p.questions_per_image)):
+            for k, q in enumerate(ss.questions(rng, r.scene, p.questions_per_image, p.question_kinds,
+                                                   p.question_phrases)):
                 qid = r.image_id * 1000 + k
                 answers = ss.human_answers(rng, q, p.answer_noise)
                 mc = Counter(a for a, _ in answers).most_common()

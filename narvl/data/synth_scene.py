@@ -19,6 +19,7 @@ import math
 import random
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Iterable
 
 from PIL import Image, ImageDraw
 
@@ -454,8 +455,13 @@ class Question:
 QUESTION_KINDS = ("colour", "shape", "count", "yesno", "relation")
 
 
-def _unique_phrase(rng: random.Random, scene: Scene, target: int, exclude: tuple[str, ...]) -> str | None:
+def _unique_phrase(rng: random.Random, scene: Scene, target: int, exclude: tuple[str, ...],
+                   phrases: str = "all") -> str | None:
+    """A phrase naming only `target`: any description of the grammar, or with phrases="attributes" only plain
+    attribute ones (no ordinal, no relation to another object)."""
     descs = descriptions(scene, target, exclude)
+    if phrases == "attributes":
+        descs = [d for d in descs if d.ordinal is None and d.relation is None]
     return phrase(rng, rng.choice(descs)) if descs else None
 
 
@@ -464,18 +470,19 @@ def _attribute_phrase(rng: random.Random, scene: Scene, target: int) -> str | No
     return phrase(rng, rng.choice(descs)) if descs else None
 
 
-def question(rng: random.Random, scene: Scene, kind: str) -> Question | None:
-    """One question of `kind` about the scene, or None when the scene does not allow one."""
+def question(rng: random.Random, scene: Scene, kind: str, phrases: str = "all") -> Question | None:
+    """One question of `kind` about the scene, or None when the scene does not allow one. `phrases`: how colour and
+    shape questions name their object ("all" descriptions of the grammar, or "attributes" only)."""
     objs = scene.objects
     if kind == "colour":
         t = rng.randrange(len(objs))
-        p = _unique_phrase(rng, scene, t, ("colour",))
+        p = _unique_phrase(rng, scene, t, ("colour",), phrases)
         if p is None:
             return None
         return Question(f"what color is the {p}?", objs[t].colour, kind, "what color is the", "other")
     if kind == "shape":
         t = rng.randrange(len(objs))
-        p = _unique_phrase(rng, scene, t, ("shape",))
+        p = _unique_phrase(rng, scene, t, ("shape",), phrases)
         if p is None:
             return None
         return Question(f"what is the shape of the {p}?", objs[t].shape, kind, "what is the", "other")
@@ -534,16 +541,17 @@ def question(rng: random.Random, scene: Scene, kind: str) -> Question | None:
     raise ValueError(f"unknown question kind {kind!r}")
 
 
-def questions(rng: random.Random, scene: Scene, count: int) -> list[Question]:
-    """Up to `count` questions with distinct texts, of kinds drawn without repetition where possible."""
+def questions(rng: random.Random, scene: Scene, count: int, kinds: Iterable[str] = QUESTION_KINDS,
+              phrases: str = "all") -> list[Question]:
+    """Up to `count` questions with distinct texts, of `kinds` drawn without repetition where possible."""
     out: list[Question] = []
-    kinds = list(QUESTION_KINDS)
+    kinds = list(kinds)
     rng.shuffle(kinds)
     attempts = 0
     while len(out) < count and attempts < count * 10:
         kind = kinds[attempts % len(kinds)]
         attempts += 1
-        q = question(rng, scene, kind)
+        q = question(rng, scene, kind, phrases)
         if q is not None and q.question not in {x.question for x in out}:
             out.append(q)
     return out
