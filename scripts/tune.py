@@ -40,8 +40,8 @@ def edited_params(folder: Path, edits: list[str], tasks: list[str], kinds: list[
             sys.exit(f"tune.py: {edit!r}: expected stage.key=value with a stage of {', '.join(sorted(docs))}")
         node = docs[stage][stage]
         for part in path[:-1]:
-            node = node[part]
-        if path[-1] not in node:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or path[-1] not in node:
             sys.exit(f"tune.py: {edit!r}: params/{stage}.yaml has no key {key}")
         node[path[-1]] = yaml.safe_load(value)
     train = docs["train"]["train"]

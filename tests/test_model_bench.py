@@ -4,9 +4,11 @@ import argparse
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from narvl.decode import bench
+from narvl.errors import NarvlError
 from narvl.io import read_json
 
 
@@ -59,13 +61,18 @@ def test_bf16_weights_and_images(tmp_path):
     """--dtype bf16 (what scripts/gpu_check.sh times on a GPU) runs on the CPU too, and the JSON says so."""
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    out = tmp_path / "decode.json"
-    args = parser.parse_args(["--params", str(small_params(tmp_path)), "--preset", "cpu", "--device", "cpu",
+    out, prm = tmp_path / "decode.json", small_params(tmp_path)
+    args = parser.parse_args(["--params", str(prm), "--preset", "cpu", "--device", "cpu",
                               "--tasks", "vqa", "--dtype", "bf16", "--threads", "1", "--out", str(out)])
     assert bench.main(args) == 0
     result = read_json(out)
     assert result["dtype"] == "bf16" and {r["dtype"] for r in result["results"]} == {"bf16"}
     assert all(v > 0 for r in result["results"] for v in r["ms"].values())
+    args = parser.parse_args(["--params", str(prm), "--preset", "cpu", "--device", "cpu",
+                              "--tasks", "vqa", "--dtype", "fp16", "--out", str(tmp_path / "fp16.json")])
+    with pytest.raises(NarvlError, match="--dtype fp16 needs a GPU"):
+        bench.main(args)
+    assert not (tmp_path / "fp16.json").exists()
 
 
 def test_forced_length_generation_in_preset_setup(tmp_path):

@@ -29,7 +29,8 @@ def test_dry_run_plans_the_experiment_in_its_own_folders(tmp_path):
 
 
 def test_a_misspelt_key_is_refused(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts/tune.py"), "exp", "vqa", "ar", "train.stepz=5",
-                           "--root", str(tmp_path), "--dry-run"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode != 0 and "params/train.yaml has no key train.stepz" in proc.stderr
+    for edit in ("train.stepz=5", "data.synth.seed.x=1", "data.synthh.seed=1"):
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts/tune.py"), "exp", "vqa", "ar", edit,
+                               "--root", str(tmp_path), "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode != 0 and f"has no key {edit.partition('=')[0]}" in proc.stderr, proc.stderr

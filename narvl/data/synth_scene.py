@@ -466,8 +466,7 @@ def _unique_phrase(rng: random.Random, scene: Scene, target: int, exclude: tuple
 
 
 def _attribute_phrase(rng: random.Random, scene: Scene, target: int) -> str | None:
-    descs = [d for d in descriptions(scene, target) if d.ordinal is None and d.relation is None]
-    return phrase(rng, rng.choice(descs)) if descs else None
+    return _unique_phrase(rng, scene, target, (), "attributes")
 
 
 def question(rng: random.Random, scene: Scene, kind: str, phrases: str = "all") -> Question | None:

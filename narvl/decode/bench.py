@@ -288,8 +288,13 @@ def main(args: argparse.Namespace) -> int:
            for stage in ("model", "data", "decode", "pipeline")}
     setups = _preset_setups(args, prm) if args.preset else _model_setups(args, prm)
     dtype = getattr(torch, DTYPES[args.dtype])
+    devices = _devices(args.device)
+    if args.dtype == "fp16" and any(d.type == "cpu" for d in devices):
+        from narvl.errors import NarvlError
+
+        raise NarvlError("--dtype fp16 needs a GPU: use --device cuda, or fp32/bf16 on the CPU")
     rows = []
-    for device in _devices(args.device):
+    for device in devices:
         for setup in setups:
             ar = setup["ar"].to(device, dtype)
             nars = {n: m.to(device, dtype) for n, m in setup["nars"].items()}
