@@ -238,6 +238,9 @@ class DecodeParams:
     bench_batch_sizes: list[int]
     bench_repeats: int
     bench_samples: int  # `narvl bench decode --models`: the first samples of the evaluation split it times
+    fold_batchnorm: bool  # fold the ResNet's BatchNorm into its convolutions for inference (narvl.model.inference)
+    channels_last: bool  # the ResNet in channels_last memory layout for inference
+    answer_candidates: int  # VQA trie/allcand decoders: the most frequent training answers (OFA: 3129)
 
 
 # -------------------------------------------------------------------------------------------------------- score
@@ -271,6 +274,8 @@ class PipelineParams:
     tasks: list[Task]
     kinds: list[str]
     decoders: list[str]
+    ar_decoders: dict[Task, list[str]]  # the AR model's extra, constrained decoders per task (trie, allcand, bins)
+    baselines: bool  # the trivial baselines as table rows (workflow/rules/baselines.smk)
     eval_splits: dict[Task, list[str]]
     raw_dir: str
     shards_dir: str

@@ -5,7 +5,7 @@
 #   bash scripts/gpu_check.sh --cpu-smoke [OUT_DIR]  # the same steps, tiny and on the CPU (tests/test_gpu_check.py)
 #
 #   1. the tests that use CUDA (`pytest -m cuda`: tests/test_cuda.py), junit XML and log;
-#   2. `narvl bench decode --preset base --device cuda` at batch 1 and 32, in fp32 and in bf16 (smoke: preset cpu,
+#   2. `narvl bench decode --preset base --device cuda` at batch 1, 32 and 128, in fp32 and in bf16 (smoke: preset cpu,
 #      VQA only, batch 1 and 2, one thread);
 #   3. 50 steps of bf16 DeepSpeed training (one process, nccl) of the NAR caption model on the embedded default
 #      (smoke: 4 fp32 steps on the CPU, gloo, on a tiny default dataset), with its summary.json.
@@ -54,7 +54,7 @@ def edit(stage, fn):
     fn(doc[stage])
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
-edit("decode", lambda d: d.update(bench_batch_sizes=[1, 2] if smoke else [1, 32], bench_repeats=1 if smoke else 5))
+edit("decode", lambda d: d.update(bench_batch_sizes=[1, 2] if smoke else [1, 32, 128], bench_repeats=1 if smoke else 5))
 edit("train", lambda t: t.update(steps={"caption": 4 if smoke else 50, "vqa": 4, "grounding": 4}, nproc=1,
                                  global_batch=16, micro_batch=16, grad_accum=1,
                                  precision="fp32" if smoke else "bf16", checkpoint_every=1000, log_every=2,
@@ -105,7 +105,8 @@ tests = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipp
 bench = {}
 for dtype in ("fp32", "bf16"):
     doc = json.loads((out / f"bench_{preset}_{dtype}.json").read_text())
-    bench[dtype] = [{k: r[k] for k in ("device", "task", "batch", "ms", "speedup", "ratios")} for r in doc["results"]]
+    bench[dtype] = [{k: r[k] for k in ("device", "task", "batch", "ms", "speedup", "ratios", "samples_per_s",
+                                       "encoder_variants")} for r in doc["results"]]
 result = {
     "mode": "cpu-smoke" if smoke else "gpu",
     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -48,7 +48,8 @@ def edited_params(folder: Path, edits: list[str], tasks: list[str], kinds: list[
     train.update(nproc=1, micro_batch=train["global_batch"], grad_accum=1,
                  distill_tasks=[t for t in train["distill_tasks"] if t in tasks and "nar-kd" in kinds])
     docs["pipeline"]["pipeline"].update(
-        tasks=tasks, kinds=kinds, decoders=["greedy"], raw_dir=str(work / "raw"), shards_dir=str(work / "shards"),
+        tasks=tasks, kinds=kinds, decoders=["greedy"], ar_decoders={}, baselines=False,
+        raw_dir=str(work / "raw"), shards_dir=str(work / "shards"),
         kd_shards_dir=str(work / "shards-kd"), runs_dir=str(work / "runs"), results_dir=str(work / "results"),
         logs_dir=str(work / "logs"), published_dir=str(work / "published"))
     for stage, doc in docs.items():

@@ -167,3 +167,24 @@ def test_vectorised_greedy_equals_collapse_per_item(seed):
         assert got == greedy_decode(logits.log_softmax(-1), blank=0, eos=eos, lengths=lengths)
         best = logits.argmax(-1).tolist()
         assert got == [collapse(row[:n], 0, eos) for row, n in zip(best, lengths.tolist())]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_and_per_item_beam_searches_agree(seed):
+    """beam_search takes the array search from BATCHED_FROM items and the per-item one below: the same prefixes
+    and scores either way, on items of different lengths, with ties of probability (repeated frames) included."""
+    from narvl.decode import ctc
+
+    torch.manual_seed(seed)
+    lp = (torch.randn(12, 16, 60) * 3)
+    lp[..., 4] += 3.0
+    lp[3, 5:9] = lp[3, 4]  # repeated frames
+    lp = lp.log_softmax(-1)
+    lengths = torch.randint(0, 17, (12,)).tolist()
+    assert len(lengths) >= ctc.BATCHED_FROM
+    for beam in (1, 2, 5):
+        batched = beam_search(lp, 4, beam, lengths=lengths)
+        for i, n in enumerate(lengths):
+            alone = beam_search(lp[i:i + 1], 4, beam, lengths=[n])[0]  # one item: the per-item search
+            assert [ids for ids, _ in batched[i]] == [ids for ids, _ in alone]
+            assert [s for _, s in batched[i]] == pytest.approx([s for _, s in alone], abs=1e-9)

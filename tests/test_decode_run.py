@@ -87,7 +87,8 @@ def score(world, task, preds, out):
 @pytest.mark.slow
 @pytest.mark.parametrize("task, kind, decoder", [
     ("caption", "ar", "greedy"), ("caption", "nar", "beam"), ("vqa", "ar", "beam"), ("vqa", "nar", "greedy"),
-    ("grounding", "ar", "greedy"), ("grounding", "nar", "greedy"), ("grounding", "nar", "beam")])
+    ("grounding", "ar", "greedy"), ("grounding", "nar", "greedy"), ("grounding", "nar", "beam"),
+    ("vqa", "ar", "trie"), ("vqa", "ar", "allcand"), ("grounding", "ar", "bins")])
 def test_random_models_decode_into_files_the_scorer_accepts(world, task, kind, decoder, tmp_path):
     preds = tmp_path / f"{task}-{SPLIT[task]}-{kind}-{decoder}.json"
     assert decode(world, task, kind, decoder, preds) == 0
@@ -133,7 +134,7 @@ class Oracle(torch.nn.Module):
                 logits[i, 2 * j, tok] = 0.0
         return logits
 
-    def generate(self, images, src, mask, max_len, beam, length_penalty):  # AR
+    def generate(self, images, src, mask, max_len, beam, length_penalty, **constraints):  # AR
         return [list(t) for t in self.targets]
 
 
@@ -229,3 +230,33 @@ def test_blank_images_decode_the_blind_baseline(world, tmp_path):
                      "--annotations", str(world["afiles"][1]), "--predictions", str(preds), "--out", str(metrics),
                      "--model", "baseline-blind", "--decoder", "greedy", "--split", SPLIT["vqa"]]) == 0
     assert json.loads(metrics.read_text())["model"] == "baseline-blind"
+
+
+def test_constrained_decoders_answer_from_the_training_answers(world, tmp_path, capsys):
+    """trie and allcand answer only with the training split's answers; bins boxes come from <bin> tokens only;
+    a constrained decoder on the wrong model or task is refused before anything is written."""
+    from narvl.decode.constrained import training_answers
+
+    answers = training_answers(world["shards"] / "vqa", DECODE.answer_candidates)
+    metas = [s["meta"] for s in iter_split(world["shards"] / "vqa", "train")]
+    assert set(answers) == {m["target"] for m in metas}
+    counts = [sum(m["target"] == a for m in metas) for a in answers]
+    assert counts == sorted(counts, reverse=True)  # most frequent first
+    assert training_answers(world["shards"] / "vqa", 1) == answers[:1]
+    for decoder in ("trie", "allcand"):
+        preds = tmp_path / f"vqa-val-ar-{decoder}.json"
+        assert decode(world, "vqa", "ar", decoder, preds) == 0
+        got = {r["answer"] for r in json.loads(preds.read_text())}
+        assert got <= {world["tok"].decode(world["tok"].encode(a)) for a in answers}
+    for task, kind, decoder in (("vqa", "nar", "trie"), ("grounding", "ar", "allcand"), ("caption", "ar", "bins")):
+        out = tmp_path / f"{task}-{SPLIT[task]}-{kind}-{decoder}.json"
+        assert decode(world, task, kind, decoder, out) != 0
+        assert f"decoder '{decoder}' decodes" in capsys.readouterr().err
+        assert not out.exists()
+
+
+def iter_split(folder, split):
+    from narvl.data.loader import iter_samples
+
+    sizes = json.loads((folder / "sizes.json").read_text())
+    return list(iter_samples([folder / n for n in sizes[split]["shards"]]))

@@ -289,3 +289,27 @@ def test_explicit_metrics_files_leave_other_cells_out(tmp_path):
     assert {c.task for c in cells} == {"caption"}
     with pytest.raises(NarvlError, match="no such metrics folder or file"):
         load_metrics(tmp_path / "absent")
+
+
+def test_constrained_ar_rows_show_nar_greedy_speedup_over_them(tmp_path):
+    """An AR row decoded with OFA's trie (VQA) carries its own metrics cell and, as speed-up, the benchmark's
+    NAR-greedy pairs against it, labelled so a reader knows which AR it is."""
+    rng = random.Random(7)
+    make_metrics(tmp_path / "m", rng)
+    cell = {"task": "vqa", "split": "val", "model": "ar", "decoder": "trie", "metrics": metric_values("vqa", rng),
+            "unavailable": {}, "coverage": {"references": 10, "predicted": 10, "missing": 0, "missing_ids": []},
+            "provenance": {}}
+    (tmp_path / "m" / "vqa-val-ar-trie.json").write_text(json.dumps(cell))
+    rows = make_bench(tmp_path / "b.json", rng, pairs=True)
+    for row in rows:
+        if row["task"] == "vqa":
+            row["ms"]["ar_trie"] = 5 * row["ms"]["nar_greedy"]
+            row["speedup"]["ar_trie"] = {"median": 4.8, "q1": 4.5, "q3": 5.1, "pairs": 80}
+    (tmp_path / "b.json").write_text(json.dumps({"mode": "models", "results": rows}))
+    bench, info = load_bench(tmp_path / "b.json")
+    built = {t.task: t for t in tables.build(load_metrics(tmp_path / "m"), bench, info["mode"])}
+    md = tables.to_markdown([built["vqa"]])
+    trie = next(line for line in md.splitlines() if line.startswith("| AR (OFA) | trie over answers"))
+    assert f"| {cell['metrics']['accuracy']:.2f} |" in trie and trie.endswith("| 4.80× (4.50–5.10) |")
+    assert "show NAR greedy's speed-up over that AR decoding" in md
+    assert "trie" not in tables.to_markdown([built["caption"]])  # no such row where nothing was decoded so

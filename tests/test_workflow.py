@@ -68,21 +68,31 @@ def test_default_dry_run_has_the_whole_pipeline():
     tasks, splits = pipeline["tasks"], pipeline["eval_splits"]
     kd = [t for t in tasks if t in train["distill_tasks"]]
     models = {t: len(pipeline["kinds"]) + (t in kd) for t in tasks}
-    cells = sum(len(splits[t]) * models[t] * len(pipeline["decoders"]) for t in tasks)
+    ar_extra = pipeline["ar_decoders"]
+    cells = sum(len(splits[t]) * (models[t] * len(pipeline["decoders"]) + len(ar_extra.get(t, []))) for t in tasks)
+    assert cells == 29  # 24 cells of greedy/beam, trie + allcand on VQA val, bins on 3 grounding splits
     assert count["synth"] == 1 and count["tokenizer"] == 1
     assert count["shard_karpathy"] + count["shard_vqav2"] + count["shard_refer"] == len(tasks)
     assert count["train"] == len(tasks) * len(pipeline["kinds"])
     assert count["distill"] == count["train_kd"] == len(kd)
     assert count["export"] == sum(models.values())
     assert count["decode"] == cells
-    assert sum(count[f"score_{t}"] for t in tasks) == cells
+    # the baselines (pipeline.baselines): the blind AR is decoded and scored like a model; the others score at once
+    assert pipeline["baselines"] and count["decode_blind"] == len(splits["vqa"])
+    assert sum(count[f"score_{t}"] for t in tasks) == cells + count["decode_blind"]
+    baselines = (count["baseline_vqa_majority"] + count["baseline_grounding"] + count["baseline_caption_constant"]
+                 + count["decode_blind"])
+    assert count["baseline_grounding"] == 2 * len(splits["grounding"]) and baselines == 1 + 6 + 1 + 1
     assert count["bench_decode"] == count["report"] == count["all"] == 1
     # the report reads every metrics cell; every cell is scored from its own predictions
     report = next(j for j in jobs if j["rule"] == "report")
     metrics = [p for p in report["input"] if p.startswith("results/metrics/")]
-    assert len(metrics) == cells
+    assert len(metrics) == cells + baselines
     assert "results/metrics/caption-test-nar-kd-beam.json" in metrics
     assert "results/metrics/grounding-testB-ar-greedy.json" in metrics
+    assert "results/metrics/vqa-val-ar-trie.json" in metrics and "results/metrics/grounding-val-ar-bins.json" in metrics
+    assert "results/metrics/vqa-val-baseline-blind-greedy.json" in metrics
+    assert "results/metrics/grounding-testA-baseline-largest-object-none.json" in metrics
     # every rule declares the narvl sources it runs and its params files (export and report read none) as inputs
     for job in jobs:
         if job["rule"] in ("all", "data_all", "train_all", "evaluate_all"):

@@ -160,7 +160,7 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     train = yaml.safe_load((clone / "params/train.yaml").read_text())["train"]
     cells = [(t, s, m, d) for t in pipeline["tasks"] for s in pipeline["eval_splits"][t]
              for m in pipeline["kinds"] + (["nar-kd"] if t in train["distill_tasks"] else [])
-             for d in pipeline["decoders"]]
+             for d in pipeline["decoders"] + (pipeline["ar_decoders"].get(t, []) if m == "ar" else [])]
     for t, s, m, d in cells:
         metrics = json.loads((clone / f"results/metrics/{t}-{s}-{m}-{d}.json").read_text())
         assert (metrics["task"], metrics["split"], metrics["model"], metrics["decoder"]) == (t, s, m, d)

@@ -1,14 +1,23 @@
 """`narvl bench decode`: latency of AR and NAR decoding on the same encoder, written as JSON.
 
-For every task's output length, batch size (decode.bench_batch_sizes) and device (the CPU, and the GPU when
-torch.cuda.is_available()), one run times side by side, interleaved, after one warm-up round (milliseconds, inputs
-already on the device):
+For every task's output length, batch size (decode.bench_batch_sizes, or --batch-sizes) and device (the CPU, and
+the GPU when torch.cuda.is_available()), one run times side by side, interleaved, after one warm-up round
+(milliseconds, inputs already on the device, torch.inference_mode):
 
     encoder only   the encoder (ResNet + transformer): the floor for any decoder
-    NAR greedy     NAR forward + log-softmax + CTC collapse         (narvl.decode.ctc.greedy_decode)
-    NAR beam       NAR forward + CTC prefix beam search, decode.beam_size
+    NAR greedy     NAR forward + per-slot argmax of the logits + CTC collapse, one vectorised pass (greedy_decode)
+    NAR beam       NAR forward + log-softmax + CTC prefix beam search, decode.beam_size (batched from 5 items)
     AR greedy      AR encoder + KV-cached greedy generation         (ARModel.generate, beam_size 1)
     AR beam        AR encoder + KV-cached beam search, decode.beam_size and decode.length_penalty
+    AR trie        VQA (--models): beam search constrained to the candidate answers (OFA's trie)
+    AR allcand     VQA (--models): every candidate answer scored, the best taken (OFA's all-candidate inference)
+    AR bins        grounding (--models): greedy generation of <bin> tokens only (OFA's box decoding)
+
+The constrained AR decoders are those of pipeline.ar_decoders (narvl.decode.constrained); each is timed next to
+the first NAR model's greedy decoding. AR and NAR models are prepared alike for inference
+(narvl.model.inference.prepare: decode.fold_batchnorm, decode.channels_last). `encoder_variants` times, in the same
+rounds, the encoder of copies of the first NAR model: as trained (`eager`), `fold_bn`, `fold_bn+channels_last`,
+and with --compile `fold_bn+channels_last+compile` (torch.compile; its compilation falls in the warm-up round).
 
 The inputs are a fixed sample: the first decode.bench_samples samples of the task's evaluation split (--models) or
 one random batch (--preset). At batch size b <= the sample size, the sample is cut into consecutive batches of b
@@ -20,9 +29,11 @@ A batch size with fewer batches than batch 1 gets more rounds, so that every row
 batch 1 (decode.bench_repeats x the sample size; `rounds` in each row).
 
 Per (device, task, batch) row: `ms` maps each method to the median time of one batch over every (round, batch),
-`ms_iqr` to its [first, third] quartile; `speedup` maps `<nar model>_<decoder>` (nar_greedy, nar-kd_beam, ...) to
-{"median", "q1", "q3", "pairs"} of the per-pair ratios AR time / NAR time, same decoder: the speed-up the results
-table shows, with its spread. `threads` is torch's CPU thread count. Methods are named `encoder` and
+`ms_iqr` to its [first, third] quartile, `samples_per_s` to batch / median time; `speedup` maps `<nar
+model>_<decoder>` (nar_greedy, nar-kd_beam, ...) to {"median", "q1", "q3", "pairs"} of the per-pair ratios AR time /
+NAR time, same decoder: the speed-up the results table shows, with its spread; and `ar_<decoder>` of an AR-only
+decoder to the ratios of that AR time to NAR greedy's; `encoder_variants` maps each variant to {"median", "q1",
+"q3"} ms. `threads` is torch's CPU thread count. Methods are named `encoder` and
 `<model>_<decoder>`. `ratios` (for the first NAR model; `ratios_by_nar` for each, from the medians):
 nar_greedy_over_encoder, ar_greedy_over_nar_greedy, ar_beam_over_nar_greedy, ar_beam_over_nar_beam, next to the
 paper's AR/NAR speed-ups (OFA vs NARVL: grounding 2.4x, VQA 12.7x, caption 7.2x, entailment 1.4x).
@@ -40,9 +51,11 @@ Two modes:
                       comparison is fair at a fixed output length.
 
 Reads the params folder (model, data, decode, pipeline yaml); writes --out:
-    {"mode", "preset", "arch", "parameters", "decode", "paper_speedup", "targets", "environment",
+    {"mode", "preset", "arch", "parameters", "decode", "inference", "paper_speedup", "targets", "environment",
      "results": [{"device", "task", "batch", "samples", "batches", "rounds", "threads", "ms": {method: ms},
-                  "ms_iqr": {method: [q1, q3]}, "speedup": {"<nar>_<decoder>": {"median", "q1", "q3", "pairs"}},
+                  "ms_iqr": {method: [q1, q3]}, "samples_per_s": {method: x},
+                  "speedup": {"<nar>_<decoder>" | "ar_<decoder>": {"median", "q1", "q3", "pairs"}},
+                  "encoder_variants": {variant: {"median", "q1", "q3"}},
                   "ratios", "ratios_by_nar", "nar_models", "num_queries", "ar_max_len", "ar_forced_length",
                   "image_size", "source_len", "paper_speedup"}], "models"?, "splits"?}
 """
@@ -78,6 +91,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights and images in this precision (bf16/fp16: for GPUs; bf16 also runs on a CPU)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (default 0: torch's own choice); 1 is steadier on a busy machine")
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        help="time these batch sizes instead of decode.bench_batch_sizes (e.g. 32 128: throughput)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the encoder under torch.compile (encoder_variants; compiles once per shape)")
     parser.add_argument("--out", required=True, type=Path, help="JSON output")
 
 
@@ -96,34 +113,36 @@ def _timer(device) -> Callable[[Callable[[], Any]], float]:
     return run
 
 
-def methods(ar, nars: dict[str, Any], images, src, mask, ar_max_len: int, ar_min_len: int,
-            decode_params) -> dict[str, Callable[[], Any]]:
-    """method name (`encoder`, `<model>_<decoder>`) -> a function decoding the batch, the encoder alone first, then
-    each NAR method followed by the AR method of the same decoder (the pairs `measure` keeps adjacent)."""
-    import torch.nn.functional as F
-
+def methods(ar, nars: dict[str, Any], images, src, mask, ar_fns: dict[str, Callable], beam_size: int,
+            encoders: dict[str, Any] | None = None) -> dict[str, Callable[[], Any]]:
+    """method name (`encoder`, `<model>_<decoder>`, `encoder:<variant>`) -> a function decoding the batch: the
+    encoder alone first, then each NAR method, then the AR methods (`ar_fns`: decoder -> fn(model, images, src,
+    mask), from narvl.decode.constrained.ar_decoder); `encoders` adds the encoder of other model copies (the
+    variants of `encoder_variants`). `pairs` says which NAR and AR methods `measure` keeps adjacent."""
     from narvl.decode.ctc import beam_search, greedy_decode
 
-    k, lp = decode_params.beam_size, decode_params.length_penalty
     first = next(iter(nars.values()))
     fns = {ENCODER: lambda: first.encode(images, src, mask)}
-    ar_fns = {"greedy": lambda: ar.generate(images, src, mask, ar_max_len, 1, lp, min_len=ar_min_len),
-              "beam": lambda: ar.generate(images, src, mask, ar_max_len, k, lp, min_len=ar_min_len)}
+    for variant, model in (encoders or {}).items():
+        fns[f"{ENCODER}:{variant}"] = lambda model=model: model.encode(images, src, mask)
     for name, nar in nars.items():
-        def logp(nar=nar):
-            return F.log_softmax(nar(images, src, mask).float(), dim=-1)
-
         blank = nar.special_ids["blank"]
-        fns[f"{name}_greedy"] = lambda logp=logp, blank=blank: greedy_decode(logp(), blank)
-        fns[f"{name}_beam"] = lambda logp=logp, blank=blank: beam_search(logp(), blank, k)
-    fns.update({f"ar_{decoder}": fn for decoder, fn in ar_fns.items()})
+        # greedy: the per-slot argmax of the logits (no log-softmax); beam search needs log-probabilities
+        fns[f"{name}_greedy"] = lambda nar=nar, blank=blank: greedy_decode(nar(images, src, mask), blank)
+        fns[f"{name}_beam"] = lambda nar=nar, blank=blank: beam_search(
+            nar(images, src, mask).float().log_softmax(-1), blank, beam_size)
+    fns.update({f"ar_{decoder}": (lambda fn=fn: fn(ar, images, src, mask)) for decoder, fn in ar_fns.items()})
     return fns
 
 
 def pairs(fns: dict[str, Any]) -> list[tuple[str, str]]:
-    """(NAR method, AR method) of the same decoder, for every NAR model in `fns`."""
-    return [(name, f"ar_{name.rpartition('_')[2]}") for name in fns
-            if name != ENCODER and not name.startswith("ar_")]
+    """(NAR method, AR method) timed back to back: every NAR method with the AR method of its decoder, and the
+    first NAR model's greedy decoding with each AR-only decoder (trie, allcand, bins: `ar_<decoder>`)."""
+    nar = [name for name in fns if not name.startswith((ENCODER, "ar_"))]
+    same = [(name, f"ar_{name.rpartition('_')[2]}") for name in nar]
+    extra = [(nar[0], name) for name in fns
+             if name.startswith("ar_") and name not in ("ar_greedy", "ar_beam")] if nar else []
+    return same + extra
 
 
 def measure(batches: list[dict[str, Callable[[], Any]]], repeats: int, device) -> list[dict[str, float]]:
@@ -137,7 +156,7 @@ def measure(batches: list[dict[str, Callable[[], Any]]], repeats: int, device) -
     with torch.inference_mode():
         for rnd in range(repeats + 1):
             for fns in batches:
-                times = {ENCODER: timer(fns[ENCODER])}
+                times = {name: timer(fn) for name, fn in fns.items() if name.startswith(ENCODER)}
                 for nar, ar in pairs(fns):
                     for name in ((nar, ar) if rnd % 2 == 0 else (ar, nar)):
                         if name not in times:  # the AR method is timed once per round, next to the first NAR model
@@ -154,14 +173,19 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def summarise(times: list[dict[str, float]]) -> dict[str, Any]:
-    """Median and quartiles per method, and the per-pair speed-ups (AR / NAR of the same round and batch)."""
+    """Median and quartiles per method, and the per-pair speed-ups (AR / NAR of the same round and batch): keyed by
+    the NAR method for a pair of one decoder, by the AR method for an AR-only decoder (NAR greedy's speed-up over
+    it). The encoder variants go to `encoder_variants` ({variant: {"median", "q1", "q3"}})."""
     names = list(times[0])
     per = {name: spread([t[name] for t in times]) for name in names}
     speedup = {}
     for nar, ar in pairs(dict.fromkeys(names)):
-        speedup[nar] = {**spread([t[ar] / t[nar] for t in times]), "pairs": len(times)}
-    return {"ms": {n: per[n]["median"] for n in names}, "ms_iqr": {n: [per[n]["q1"], per[n]["q3"]] for n in names},
-            "speedup": speedup}
+        key = nar if ar.rpartition("_")[2] == nar.rpartition("_")[2] else ar
+        speedup[key] = {**spread([t[ar] / t[nar] for t in times]), "pairs": len(times)}
+    main = [n for n in names if not n.startswith(f"{ENCODER}:")]
+    variants = {n.partition(":")[2]: per[n] for n in names if n.startswith(f"{ENCODER}:")}
+    return {"ms": {n: per[n]["median"] for n in main}, "ms_iqr": {n: [per[n]["q1"], per[n]["q3"]] for n in main},
+            "speedup": speedup, "encoder_variants": variants}
 
 
 def ratios(ms: dict[str, float], nar: str) -> dict[str, float]:
@@ -171,6 +195,21 @@ def ratios(ms: dict[str, float], nar: str) -> dict[str, float]:
         "ar_beam_over_nar_greedy": ms["ar_beam"] / ms[f"{nar}_greedy"],
         "ar_beam_over_nar_beam": ms["ar_beam"] / ms[f"{nar}_beam"],
     }
+
+
+def encoder_variants(model, compile: bool) -> dict[str, Any]:
+    """Copies of `model` whose encoders `encoder_variants` times beside the prepared one: as trained (`eager`),
+    BatchNorm folded, folded + channels_last, and with --compile that under torch.compile too."""
+    import copy
+
+    from narvl.model.inference import prepare
+
+    out = {"eager": copy.deepcopy(model).eval(),
+           "fold_bn": prepare(copy.deepcopy(model), fold_bn=True),
+           "fold_bn+channels_last": prepare(copy.deepcopy(model), fold_bn=True, channels_last=True)}
+    if compile:
+        out["fold_bn+channels_last+compile"] = prepare(copy.deepcopy(model), True, True, compile=True)
+    return out
 
 
 def _devices(choice: str):
@@ -189,6 +228,7 @@ def _preset_setups(args, prm) -> list[dict[str, Any]]:
     """Random AR and NAR models per task sharing one encoder's weights, random inputs."""
     import torch
 
+    from narvl.decode.constrained import ar_decoder
     from narvl.model import build_model
 
     arch = PRESETS[args.preset]
@@ -210,8 +250,10 @@ def _preset_setups(args, prm) -> list[dict[str, Any]]:
             return [(torch.randn(b, 3, size, size, generator=g), torch.randint(5, vocab, (b, s), generator=g),
                      torch.zeros(b, s, dtype=torch.bool))]
 
+        ar_fns = {d: ar_decoder(d, task, None, prm["decode"], min_len=max_len) for d in ("greedy", "beam")}
         setups.append({"task": task, "nars": {"nar": nar}, "ar": ar, "inputs": make_inputs, "num_queries": n,
-                       "ar_max_len": max_len, "ar_min_len": max_len, "image_size": size, "source_len": s})
+                       "ar_fns": ar_fns, "ar_max_len": max_len, "ar_min_len": max_len, "image_size": size,
+                       "source_len": s})
     return setups
 
 
@@ -225,6 +267,7 @@ def _model_setups(args, prm) -> list[dict[str, Any]]:
     """Trained AR and NAR files per task; inputs from the task's first evaluation split."""
     from narvl import model as narvl_model
     from narvl.data.loader import eval_loader
+    from narvl.decode.constrained import ar_decoder
     from narvl.data.tokenizer import Tokenizer
     from narvl.errors import NarvlError
 
@@ -267,7 +310,10 @@ def _model_setups(args, prm) -> list[dict[str, Any]]:
                 return [tuple(t.repeat(reps, *([1] * (t.dim() - 1)))[:b] for t in pool)]
             return [tuple(t[i:i + b] for t in pool) for i in range(0, n - b + 1, b)]
 
+        decoders = ["greedy", "beam", *prm["pipeline"].ar_decoders.get(task, [])]
+        ar_fns = {d: ar_decoder(d, task, tokenizer, prm["decode"], args.shards / task) for d in decoders}
         setups.append({"task": task, "nars": {n: m for n, m, _ in nars}, "ar": ar, "inputs": make_inputs,
+                       "ar_fns": ar_fns,
                        "num_queries": nars[0][1].num_queries, "ar_max_len": prm["decode"].max_len[task],
                        "ar_min_len": 0, "split": split, "image_size": int(batch["images"].size(-1)),
                        "source_len": int(batch["src_tokens"].size(1)),
@@ -281,6 +327,7 @@ def main(args: argparse.Namespace) -> int:
     from narvl import params
     from narvl.io import write_json
     from narvl.model import count_parameters
+    from narvl.model.inference import prepare
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -293,15 +340,21 @@ def main(args: argparse.Namespace) -> int:
         from narvl.errors import NarvlError
 
         raise NarvlError("--dtype fp16 needs a GPU: use --device cuda, or fp32/bf16 on the CPU")
+    dp = prm["decode"]
+    for setup in setups:  # the encoder variants start from the model as trained, then AR and NAR are prepared alike
+        setup["variants"] = encoder_variants(setup["nars"][next(iter(setup["nars"]))], args.compile)
+        for model in (setup["ar"], *setup["nars"].values()):
+            prepare(model, dp.fold_batchnorm, dp.channels_last)
     rows = []
     for device in devices:
         for setup in setups:
             ar = setup["ar"].to(device, dtype)
             nars = {n: m.to(device, dtype) for n, m in setup["nars"].items()}
-            for b in prm["decode"].bench_batch_sizes:
+            variants = {n: m.to(device, dtype) for n, m in setup["variants"].items()}
+            for b in args.batch_sizes or dp.bench_batch_sizes:
                 inputs = [tuple(t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in tensors)
                           for tensors in setup["inputs"](b)]
-                batches = [methods(ar, nars, *tensors, setup["ar_max_len"], setup["ar_min_len"], prm["decode"])
+                batches = [methods(ar, nars, *tensors, setup["ar_fns"], dp.beam_size, variants)
                            for tensors in inputs]
                 # every batch size gets at least the pairs of batch 1 (rounds x batches): a large batch that holds
                 # the whole sample would otherwise have decode.bench_repeats pairs only, too few under load
@@ -316,6 +369,7 @@ def main(args: argparse.Namespace) -> int:
                     "device": device.type, "dtype": args.dtype, "task": setup["task"], "batch": b,
                     "samples": sum(int(t[0].size(0)) for t in inputs), "batches": len(inputs),
                     "rounds": rounds, "threads": torch.get_num_threads(), **summary,
+                    "samples_per_s": {m: 1000.0 * b / v for m, v in ms.items()},
                     "ratios": next(iter(by_nar.values())), "ratios_by_nar": by_nar, "nar_models": list(nars),
                     "num_queries": setup["num_queries"], "ar_max_len": setup["ar_max_len"],
                     "ar_forced_length": setup["ar_min_len"] >= setup["ar_max_len"],
@@ -330,6 +384,7 @@ def main(args: argparse.Namespace) -> int:
                           f"[{g['q1']:.2f}, {g['q3']:.2f}]  beam {bm['median']:.2f} [{bm['q1']:.2f}, {bm['q3']:.2f}] "
                           f"(paper {PAPER_SPEEDUP.get(setup['task'])})", flush=True)
             setup["ar"], setup["nars"] = ar.cpu().float(), {n: m.cpu().float() for n, m in nars.items()}
+            setup["variants"] = {n: m.cpu().float() for n, m in variants.items()}
     first = setups[0]
     result = {
         "mode": "preset" if args.preset else "models",
@@ -339,8 +394,10 @@ def main(args: argparse.Namespace) -> int:
                        **{n: count_parameters(m) for n, m in first["nars"].items()}},
         "decode": params.to_dict(prm["decode"]),
         "paper_speedup": PAPER_SPEEDUP,
-        "targets": {"nar_greedy_over_encoder": "<= 1.3",
+        "targets": {"nar_greedy_over_encoder": "<= 1.10 at batch 1, <= 1.05 at batch 32",
                     "ar_greedy_over_nar_greedy": ">= 4 at caption length, batch 1"},
+        "inference": {"fold_batchnorm": dp.fold_batchnorm, "channels_last": dp.channels_last,
+                      "compile_variant": args.compile},
         "dtype": args.dtype,
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "cpu": platform.processor() or platform.machine(),

@@ -1,15 +1,18 @@
 """Decode an evaluation split with an exported model into a predictions file in the official results format.
 
     narvl decode --params params/decode.yaml --model runs/TASK-MODEL/model.pt --shards data/shards/TASK \\
-                 --split SPLIT --tokenizer data/shards/tokenizer.json --decoder {greedy,beam} \\
+                 --split SPLIT --tokenizer data/shards/tokenizer.json --decoder DECODER \\
                  --out results/predictions/TASK-SPLIT-MODEL-DECODER.json
 
 Reads: the model file (`narvl export`: kind, task, arch, step, tokenizer reference, weights), the split's shards
 (every sample once, in shard order, through `narvl.data.loader.eval_loader`; the loader settings come from
 `data.yaml` beside `--params`), the tokenizer, and `decode.yaml` (batch size, beam size, length penalty, AR max_len).
 
-Decoding:
-  AR   `ARModel.generate` (beam_size 1 for greedy, decode.beam_size for beam; decode.max_len[task] tokens at most).
+Decoding (the model first gets narvl.model.inference.prepare: BatchNorm folded when decode.fold_batchnorm, the
+ResNet in channels_last when decode.channels_last; the same for AR and NAR):
+  AR   `ARModel.generate` (beam_size 1 for greedy, decode.beam_size for beam; decode.max_len[task] tokens at most),
+       or one of OFA's constrained modes (narvl.decode.constrained): `trie` and `allcand` for VQA (over the
+       decode.answer_candidates most frequent training answers), `bins` for grounding.
   NAR  `NARModel.forward` -> `narvl.decode.ctc.greedy_decode` on the logits (per-slot argmax, collapse repeats,
        drop blanks) or log-softmax + `beam_search` (CTC prefix beam search, decode.beam_size); output cut at the
        first EOS.
@@ -54,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, type=Path, help="the task's shard folder (sizes.json + tars)")
     parser.add_argument("--split", required=True, help="evaluation split, e.g. test, val, testA")
     parser.add_argument("--tokenizer", required=True, type=Path, help="data/shards/tokenizer.json")
-    parser.add_argument("--decoder", required=True, choices=["greedy", "beam"])
+    parser.add_argument("--decoder", required=True, choices=["greedy", "beam", "trie", "allcand", "bins"],
+                        help="greedy, beam (any model); trie, allcand (AR VQA); bins (AR grounding)")
     parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
     parser.add_argument("--blank-images", action="store_true",
                         help="feed every sample an all-zero (mean-colour) image: the blind baseline of a trained model "
@@ -80,8 +84,10 @@ def _check_tokenizer(meta: dict, tokenizer_path: Path, model_path: Path, vocab_s
         raise NarvlError(f"{tokenizer_path}: vocabulary of {vocab_size} tokens, but {model_path} has {model_vocab}")
 
 
-def predict_batch(model, batch: dict[str, Any], task: str, tokenizer, decoder: str, decode_params) -> list[Any]:
-    """Predictions (caption/answer text, or a box in ORIGINAL pixels) for one batch, in batch order."""
+def predict_batch(model, batch: dict[str, Any], task: str, tokenizer, decoder: str, decode_params,
+                  ar_decode=None) -> list[Any]:
+    """Predictions (caption/answer text, or a box in ORIGINAL pixels) for one batch, in batch order. `ar_decode`:
+    an AR model's decoding function (narvl.decode.constrained.ar_decoder); made here when not given."""
     import torch
     import torch.nn.functional as F
 
@@ -91,8 +97,11 @@ def predict_batch(model, batch: dict[str, Any], task: str, tokenizer, decoder: s
     eos = tokenizer.eos_id
     slot_lp = None
     if model.kind == "ar":
-        beam = 1 if decoder == "greedy" else decode_params.beam_size
-        seqs = model.generate(images, src, mask, decode_params.max_len[task], beam, decode_params.length_penalty)
+        if ar_decode is None:
+            from narvl.decode.constrained import ar_decoder
+
+            ar_decode = ar_decoder(decoder, task, tokenizer, decode_params)
+        seqs = ar_decode(model, images, src, mask)
     else:
         logits = model(images, src, mask).float()  # (B, N, V)
         if decoder != "greedy" or task == "grounding":  # beam search and the box fallback need log-probabilities
@@ -130,7 +139,9 @@ def main(args: argparse.Namespace) -> int:
     from narvl import model as narvl_model
     from narvl.data.loader import eval_loader
     from narvl.data.tokenizer import Tokenizer
+    from narvl.decode.constrained import ar_decoder, check_decoder
     from narvl.eval.common import CELL_RE
+    from narvl.model.inference import prepare
     from narvl.data.shard_folder import read_sizes
     from narvl.io import check_output, json_bytes, write_bytes, write_json
 
@@ -146,11 +157,14 @@ def main(args: argparse.Namespace) -> int:
     if cell and cell["task"] != task:
         raise NarvlError(f"{args.out}: the file name says task '{cell['task']}', but {args.model} is a {task} model")
 
+    check_decoder(task, meta["kind"], args.decoder)
     read_sizes(args.shards, task)  # a caption model on VQA shards is an error, not 720 caption records
     check_output(args.out, is_dir=False, inputs=[args.model, args.shards, args.tokenizer, args.params])
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    prepare(model, decode_params.fold_batchnorm, decode_params.channels_last).to(device)
+    ar_decode = ar_decoder(args.decoder, task, tokenizer, decode_params, args.shards) if meta["kind"] == "ar" \
+        else None
     loader = eval_loader(args.shards, args.split, tokenizer, data_params, task, decode_params.batch_size, 0, 1)
     records: list[dict[str, Any]] = []
     compute_s = 0.0
@@ -165,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            preds = predict_batch(model, batch, task, tokenizer, args.decoder, decode_params)
+            preds = predict_batch(model, batch, task, tokenizer, args.decoder, decode_params, ar_decode)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             compute_s += time.perf_counter() - t0

@@ -3,10 +3,15 @@
     forward: prev_tokens (B, T) = [bos, y_1 .. y_{T-1}] --embed, causal decoder (pad keys masked)--> logits (B, T, V)
     generate: greedy (beam_size 1) or beam search with a per-layer key/value cache; returns token ids
               without bos/eos. `max_len` counts generated tokens, EOS included: at step max_len EOS is forced.
-              `allowed` (V,) bool restricts the output tokens (OFA's constraint to <bin> tokens for grounding).
+              `allowed` (V,) bool restricts the output tokens (OFA's constraint to <bin> tokens for grounding);
+              `constraint` maps each hypothesis's tokens so far to its allowed next tokens (OFA's answer trie).
+    score_candidates: the log-probability of every candidate answer under teacher forcing (OFA's all-candidate
+              VQA inference); the encoder runs once per item.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +57,12 @@ class ARModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------- generation
     def _next_log_probs(self, tokens: Tensor, enc: EncoderOut, caches, step: int, max_len: int,
-                        min_len: int, banned: Tensor) -> Tensor:
+                        min_len: int, banned: Tensor, constraint=None) -> Tensor:
         """Log-probabilities (B', V) float32 of the token at position `step` (0-based, after bos)."""
         logits = self.decode(tokens, enc, caches)[:, -1]  # full recomputation, or the newest token with a cache
         logp = F.log_softmax(logits.float(), dim=-1).masked_fill(banned, -torch.inf)  # (B', V)
+        if constraint is not None:
+            logp = logp.masked_fill(~constraint(tokens), -torch.inf)
         eos = self.special_ids["eos"]
         if step == max_len - 1:  # the last allowed position: EOS only
             forced = torch.full_like(logp, -torch.inf)
@@ -68,14 +75,18 @@ class ARModel(nn.Module):
     @torch.no_grad()
     def generate(self, images: Tensor | None, src_tokens: Tensor, src_mask: Tensor, max_len: int, beam_size: int = 1,
                  length_penalty: float = 1.0, min_len: int = 0, use_cache: bool = True,
-                 allowed: Tensor | None = None, patch_masks: Tensor | None = None) -> list[list[int]]:
+                 allowed: Tensor | None = None, patch_masks: Tensor | None = None,
+                 constraint: Callable[[Tensor], Tensor] | None = None) -> list[list[int]]:
         """Token ids per item (no bos/eos). beam_size 1 is greedy.
 
         Finished beam hypotheses are ranked by sum log p / length ** length_penalty (length counts EOS), as in
         fairseq. `min_len` suppresses EOS at steps before it (min_len >= max_len forces full-length generation,
         EOS at step max_len, as the benchmark does). `use_cache=False` recomputes every position at every step (for
         tests). `allowed` (V,) bool: only these tokens (and EOS, always) may be generated, e.g. the <bin> tokens
-        for grounding as OFA constrains it; pad, bos and the blank stay banned whatever it says.
+        for grounding as OFA constrains it; pad, bos and the blank stay banned whatever it says. `constraint`
+        maps the hypotheses' tokens (B', 1 + step) [bos, ...] to their allowed next tokens (B', V) bool, e.g.
+        narvl.decode.constrained.AnswerTrie (OFA's trie over the candidate answers); EOS is allowed only where it
+        says so, except at step max_len - 1, where EOS is forced.
         """
         if max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {max_len}")
@@ -94,13 +105,38 @@ class ARModel(nn.Module):
         if bool(banned.all()):
             raise ValueError("allowed leaves no token to generate")
         if beam_size == 1:
-            return self._greedy(enc, max_len, min_len, use_cache, banned)
-        return self._beam(enc, max_len, beam_size, length_penalty, min_len, use_cache, banned)
+            return self._greedy(enc, max_len, min_len, use_cache, banned, constraint)
+        return self._beam(enc, max_len, beam_size, length_penalty, min_len, use_cache, banned, constraint)
+
+    @torch.no_grad()
+    def score_candidates(self, images: Tensor | None, src_tokens: Tensor, src_mask: Tensor, candidates: Tensor,
+                         chunk: int = 256) -> Tensor:
+        """candidates (C, L) token ids without bos/eos, right-padded with pad -> (B, C) float32: sum of log p of
+        each candidate's tokens and its EOS under teacher forcing, for every item. The encoder runs once; the
+        decoder scores the B x C pairs `chunk` candidates at a time."""
+        pad, bos, eos = (self.special_ids[k] for k in ("pad", "bos", "eos"))
+        if candidates.dim() != 2 or candidates.size(0) == 0:
+            raise ValueError(f"candidates must be a non-empty (C, L) tensor, got {tuple(candidates.shape)}")
+        enc = self.encode(images, src_tokens, src_mask)
+        b, dev = src_tokens.size(0), src_tokens.device
+        lengths = candidates.ne(pad).sum(1)  # (C,)
+        targets = torch.cat([candidates, torch.full_like(candidates[:, :1], pad)], 1)  # (C, L + 1)
+        targets[torch.arange(targets.size(0)), lengths] = eos
+        prev = torch.cat([torch.full_like(candidates[:, :1], bos), candidates], 1)  # (C, L + 1)
+        out = []
+        for start in range(0, candidates.size(0), chunk):
+            tgt, prv = targets[start:start + chunk].to(dev), prev[start:start + chunk].to(dev)
+            c = tgt.size(0)
+            rep = EncoderOut(*(t.repeat_interleave(c, dim=0) for t in enc))  # (B*c, ...) item-major
+            logp = F.log_softmax(self.decode(prv.repeat(b, 1), rep).float(), dim=-1)  # (B*c, L + 1, V)
+            tok = logp.gather(-1, tgt.repeat(b, 1)[..., None])[..., 0].masked_fill(tgt.repeat(b, 1).eq(pad), 0.0)
+            out.append(tok.sum(-1).view(b, c))
+        return torch.cat(out, 1)
 
     def _new_caches(self, use_cache: bool):
         return [{} for _ in self.decoder.layers] if use_cache else None
 
-    def _greedy(self, enc: EncoderOut, max_len, min_len, use_cache, banned) -> list[list[int]]:
+    def _greedy(self, enc: EncoderOut, max_len, min_len, use_cache, banned, constraint) -> list[list[int]]:
         memory = enc.memory
         b = memory.size(0)
         bos, eos, pad = (self.special_ids[k] for k in ("bos", "eos", "pad"))
@@ -108,7 +144,8 @@ class ARModel(nn.Module):
         finished = torch.zeros(b, dtype=torch.bool, device=memory.device)
         caches = self._new_caches(use_cache)
         for step in range(max_len):
-            nxt = self._next_log_probs(tokens, enc, caches, step, max_len, min_len, banned).argmax(-1)  # (B,)
+            nxt = self._next_log_probs(tokens, enc, caches, step, max_len, min_len, banned,
+                                       constraint).argmax(-1)  # (B,)
             nxt = nxt.masked_fill(finished, pad)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
             finished |= nxt == eos
@@ -119,7 +156,8 @@ class ARModel(nn.Module):
             out.append(row[:row.index(eos)] if eos in row else row)
         return out
 
-    def _beam(self, enc: EncoderOut, max_len, k, length_penalty, min_len, use_cache, banned) -> list[list[int]]:
+    def _beam(self, enc: EncoderOut, max_len, k, length_penalty, min_len, use_cache, banned,
+              constraint) -> list[list[int]]:
         b, device = enc.memory.size(0), enc.memory.device
         bos, eos = self.special_ids["bos"], self.special_ids["eos"]
         # (B*K, S, d), beams of item i at rows i*K..i*K+K-1
@@ -131,7 +169,7 @@ class ARModel(nn.Module):
         done = [False] * b
         caches = self._new_caches(use_cache)
         for step in range(max_len):
-            logp = self._next_log_probs(tokens, enc, caches, step, max_len, min_len, banned)  # (B*K, V)
+            logp = self._next_log_probs(tokens, enc, caches, step, max_len, min_len, banned, constraint)  # (B*K, V)
             v = logp.size(-1)
             cand = (scores[:, :, None] + logp.view(b, k, v)).view(b, k * v)  # (B, K*V)
             top_val, top_idx = cand.topk(min(2 * k, k * v), dim=-1)  # (B, 2K)

@@ -8,6 +8,7 @@ OFA's widths are 64/128/256 (1024 output channels) with blocks [3,4,6] (resnet50
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
@@ -31,10 +32,13 @@ class ResNet(nn.Module):
             stage += [Bottleneck(inplanes, planes) for _ in range(blocks - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.out_channels = inplanes  # 16 * width
+        self.channels_last = False  # set by narvl.model.inference.prepare: inputs converted to that layout
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, images: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, 16 width, H/16, W/16)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
         return self.layer3(self.layer2(self.layer1(x)))

@@ -7,7 +7,8 @@ The decoding benchmark (`results/bench/decode.json`, written by `narvl bench dec
                  "speedup": {"nar_greedy", ...: {"median", "q1", "q3", "pairs"}}, ...}]}
 
 and is read into flat records {device, task, model, decoder, batch_size, ms_per_sample (ms / batch), threads,
-speedup (the per-pair AR/NAR ratio's {"median", "q1", "q3", "pairs"}, NAR models only)}. A NAR + KD student has the
+speedup (the per-pair AR/NAR ratio's {"median", "q1", "q3", "pairs"}: NAR models over the AR model of their decoder,
+and AR-only decoders (trie, allcand, bins) over NAR greedy)}. A NAR + KD student has the
 same architecture and decoder as the NAR model: when the benchmark did not time it, its records reuse the NAR
 timing (derived, marked `"derived_from": "nar"`).
 """
@@ -30,7 +31,11 @@ from narvl.io import read_json
 log = logging.getLogger(__name__)
 
 MODELS = ("ar", "nar", "nar-kd")
-DECODERS = ("greedy", "beam")
+# the trivial baselines' rows (narvl baselines, and the AR model fed blank images): what the models must beat
+BASELINES = ("baseline-constant", "baseline-majority", "baseline-blind", "baseline-random-object",
+             "baseline-largest-object")
+DECODERS = ("greedy", "beam", "trie", "allcand", "bins")  # the last three: AR only (narvl.decode.constrained)
+BASELINE_DECODER = "none"  # the decoder name of a baseline computed without a model
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from narvl.report.tables import HEADLINE, MODEL_LABEL, TASK_TITLE, _split_order 
 
 log = logging.getLogger(__name__)
 COLORS = {"ar": "tab:blue", "nar": "tab:red", "nar-kd": "tab:orange"}
-STYLES = {"greedy": "-", "beam": "--"}
-MARKERS = {"greedy": "o", "beam": "s"}
+STYLES = {"greedy": "-", "beam": "--", "trie": ":", "allcand": "-.", "bins": ":"}
+MARKERS = {"greedy": "o", "beam": "s", "trie": "^", "allcand": "D", "bins": "v"}
 
 
 def _plain_log_axis(axis, ticks=None) -> None:

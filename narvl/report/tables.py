@@ -5,7 +5,8 @@ value per row, written with Python's shortest round-trip repr); `main.md` shows 
 x100 with one decimal, VQA and grounding percentages with two, latency in ms with two, speed-up with two).
 The speed-up of a row is the benchmark's median per-pair ratio AR time / NAR time (same task, decoder, batch size,
 inputs and round; its interquartile range beside it), or AR latency / the row's latency for a benchmark file without
-pair ratios.
+pair ratios. An AR row of a constrained decoder (OFA's trie and all-candidate VQA, <bin>-only grounding) shows NAR
+greedy's speed-up over it: the paper's comparison for VQA.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from narvl.report.inputs import DECODERS, MODELS, Cell
+from narvl.report.inputs import BASELINE_DECODER, BASELINES, DECODERS, MODELS, Cell
 
-MODEL_LABEL = {"ar": "AR (OFA)", "nar": "NAR (NARVL)", "nar-kd": "NAR + KD"}
+MODEL_LABEL = {"ar": "AR (OFA)", "nar": "NAR (NARVL)", "nar-kd": "NAR + KD",
+               "baseline-constant": "baseline: constant caption", "baseline-majority": "baseline: majority per type",
+               "baseline-blind": "baseline: AR, blank images", "baseline-random-object": "baseline: random object",
+               "baseline-largest-object": "baseline: largest object"}
+DECODER_LABEL = {"trie": "trie over answers", "allcand": "all answers scored", "bins": "bins only"}
+AR_ONLY = tuple(DECODER_LABEL)
 TASK_TITLE = {"caption": "Image captioning", "vqa": "Visual question answering", "grounding": "Visual grounding"}
 HEADLINE = {"caption": "CIDEr", "vqa": "accuracy", "grounding": "Acc@0.5"}
 
@@ -82,6 +88,11 @@ def speedup(lat: dict[tuple[str, str], dict], model: str, decoder: str) -> dict[
     rec, ar = lat.get((model, decoder)), lat.get(("ar", decoder))
     if rec is None or ar is None:
         return None
+    if model == "ar" and decoder in AR_ONLY:  # NAR greedy's speed-up over this AR decoding
+        if rec.get("speedup"):
+            return {k: rec["speedup"][k] for k in ("median", "q1", "q3")}
+        nar = lat.get(("nar", "greedy"))
+        return None if nar is None else {k: rec["ms_per_sample"] / nar["ms_per_sample"] for k in ("median", "q1", "q3")}
     if model == "ar":
         return {"median": 1.0, "q1": 1.0, "q3": 1.0}
     if rec.get("speedup"):
@@ -113,14 +124,16 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
         if b is not None:
             header += [f"ms/sample ({device}, batch {b})", "speed-up"]
         rows, notes, values = [], [], []
-        for model in MODELS:
-            for decoder in DECODERS:
+        for model in MODELS + BASELINES:
+            for decoder in DECODERS + (BASELINE_DECODER,):
                 present = [task_cells.get((c.split, model, decoder)) for c in cols]
                 if not any(present) and (model, decoder) not in lat:
                     continue
                 if model == "nar-kd" and not any(m == "nar-kd" for _, m, _ in task_cells):
                     continue  # no KD student scored for this task: its timing alone would repeat the NAR row
-                row = [MODEL_LABEL[model], decoder]
+                row = [MODEL_LABEL[model], DECODER_LABEL.get(decoder, decoder)]
+                if model in BASELINES:
+                    row[1] = "–" if decoder == BASELINE_DECODER else decoder
                 for col, cell in zip(cols, present):
                     if cell is None:
                         row.append("–")
@@ -151,7 +164,7 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
                     row.append("–" if ms is None else _f2(ms))
                     if up is None:
                         row.append("–")
-                    elif model == "ar" or up["q1"] == up["q3"]:
+                    elif (model == "ar" and decoder not in AR_ONLY) or up["q1"] == up["q3"]:
                         row.append(f"{up['median']:.2f}×")
                     else:
                         row.append(f"{up['median']:.2f}× ({up['q1']:.2f}–{up['q3']:.2f})")
@@ -171,6 +184,10 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
                   + (f", {'/'.join(map(str, threads))} CPU threads" if threads and device == "cpu" else "")
                   + "); speed-up = median of the per-pair ratios AR time / NAR time (interleaved, same inputs and "
                   "decoder), interquartile range in brackets; NAR + KD reuses the NAR timing when it was not timed."
+                  + (" Baseline rows: what a model scores without looking (or without a model); no timing."
+                     if any(c.model in BASELINES for c in task_cells.values()) else "")
+                  + (" AR rows decoded with trie / all answers scored / bins only (OFA's constrained modes) show NAR "
+                     "greedy's speed-up over that AR decoding." if any(d in AR_ONLY for _, d in lat) else "")
                   + (" Timed with randomly initialised models at a fixed output length (--preset)."
                      if bench_mode == "preset" else ""))
         notes.insert(0, f"{scale}; splits: {', '.join(splits) or 'none scored'}.{timing}")

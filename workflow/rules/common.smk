@@ -13,6 +13,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -153,8 +154,8 @@ wildcard_constraints:
     task="caption|vqa|grounding",
     split="[A-Za-z0-9]+",
     kind="ar|nar",
-    model="ar|nar|nar-kd",
-    decoder="greedy|beam",
+    model="ar|nar|nar-kd|baseline-blind",
+    decoder="greedy|beam|trie|allcand|bins",
 
 
 def models(task):
@@ -163,13 +164,19 @@ def models(task):
     return list(PIPELINE.kinds) + kd
 
 
+def decoders(task, model):
+    """pipeline.decoders for every model, and for the AR model also its task's pipeline.ar_decoders."""
+    extra = PIPELINE.ar_decoders.get(task, []) if model == "ar" else []
+    return list(PIPELINE.decoders) + [d for d in extra if d not in PIPELINE.decoders]
+
+
 def cells():
     """Every (task, split, model, decoder) cell of the results table."""
     return [(task, split, model, decoder)
             for task in PIPELINE.tasks
             for split in PIPELINE.eval_splits[task]
             for model in models(task)
-            for decoder in PIPELINE.decoders]
+            for decoder in decoders(task, model)]
 
 
 def model_file(task, model):
@@ -177,7 +184,20 @@ def model_file(task, model):
 
 
 MODEL_FILES = [model_file(task, model) for task in PIPELINE.tasks for model in models(task)]
-METRICS_FILES = [f"{RESULTS}/metrics/{t}-{s}-{m}-{d}.json" for t, s, m, d in cells()]
+def baseline_cells():
+    """The trivial baselines' cells (pipeline.baselines): the constant caption; the majority answer per question
+    type and the AR model fed blank images; a random object and the largest object."""
+    if not PIPELINE.baselines:
+        return []
+    per_task = {"caption": [("baseline-constant", "none")],
+                "vqa": [("baseline-majority", "none")] + ([("baseline-blind", "greedy")] if "ar" in PIPELINE.kinds
+                                                         else []),
+                "grounding": [("baseline-random-object", "none"), ("baseline-largest-object", "none")]}
+    return [(task, split, model, decoder) for task in PIPELINE.tasks for split in PIPELINE.eval_splits[task]
+            for model, decoder in per_task[task]]
+
+
+METRICS_FILES = [f"{RESULTS}/metrics/{t}-{s}-{m}-{d}.json" for t, s, m, d in cells() + baseline_cells()]
 PREDICTION_FILES = [f"{RESULTS}/predictions/{t}-{s}-{m}-{d}.json" for t, s, m, d in cells()]
 BENCH = f"{RESULTS}/bench/decode.json"
 # The published reference (`narvl report --publish`) the reproduction rule compares with; none for a new preset.
@@ -214,6 +234,7 @@ def _default_inputs():
             "images": f"{RAW}/images",
             "questions": [f"{RAW}/vqa/v2_OpenEnded_mscoco_{s}2014_questions.json" for s in ("train", "val")],
             "annotations": [f"{RAW}/vqa/v2_mscoco_{s}2014_annotations.json" for s in ("train", "val")],
+            "train_annotations": f"{RAW}/vqa/v2_mscoco_train2014_annotations.json",  # the majority baseline
             "score": {"val": {"questions": f"{RAW}/vqa/v2_OpenEnded_mscoco_val2014_questions.json",
                               "annotations": f"{RAW}/vqa/v2_mscoco_val2014_annotations.json"}},
         },
@@ -279,8 +300,10 @@ def decode_drop(wildcards):
     """Greedy decoding reads no beam options; the benchmark's options are read by `narvl bench decode` only."""
     drop = ["decode.bench_batch_sizes", "decode.bench_repeats", "decode.bench_samples", "data.loader.bench_micro_batch",
             "data.loader.bench_batches"]
-    if wildcards.decoder == "greedy":
+    if wildcards.decoder in ("greedy", "bins", "allcand"):
         drop += ["decode.beam_size", "decode.length_penalty"]
+    if wildcards.decoder not in ("trie", "allcand"):
+        drop += ["decode.answer_candidates"]
     return drop
 
 

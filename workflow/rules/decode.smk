@@ -12,8 +12,8 @@ rule decode:
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
     output:
-        predictions=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model}}-{{decoder}}.json",
-        provenance=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model}}-{{decoder}}.meta.json",
+        predictions=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model,ar|nar|nar-kd}}-{{decoder}}.json",
+        provenance=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model,ar|nar|nar-kd}}-{{decoder}}.meta.json",
     params:
         values=lambda w: values("decode", "data.loader", task=w.task, drop=decode_drop(w)),
     log:
@@ -29,8 +29,38 @@ rule decode:
         " --out {output.predictions:q} > {log:q} 2>&1"
 
 
+rule decode_blind:
+    """The blind baseline: the AR model fed blank (mean-colour) images, greedy; what it scores is what the
+    question alone tells (model name baseline-blind)."""
+    input:
+        params=ancient_params("decode"),
+        data_params=ancient_params("data"),
+        code=sources("narvl.decode.run"),
+        model=f"{RUNS}/{{task}}-ar/model.pt",
+        shards=f"{SHARDS}/{{task}}",
+        tokenizer=TOKENIZER,
+    output:
+        predictions=f"{RESULTS}/predictions/{{task}}-{{split}}-baseline-blind-greedy.json",
+        provenance=f"{RESULTS}/predictions/{{task}}-{{split}}-baseline-blind-greedy.meta.json",
+    params:
+        values=lambda w: values("decode", "data.loader", task=w.task,
+                                drop=decode_drop(SimpleNamespace(decoder="greedy"))),
+    log:
+        logfile("decode/{task}-{split}-baseline-blind-greedy"),
+    threads: RES["decode"]["threads"]
+    resources:
+        mem_mb=RES["decode"]["mem_mb"],
+        runtime=RES["decode"]["runtime"],
+        gpu=RES["decode"]["gpu"],
+    shell:
+        "python -m narvl decode --params {input.params:q} --model {input.model:q} --shards {input.shards:q}"
+        " --split {wildcards.split:q} --tokenizer {input.tokenizer:q} --decoder greedy --blank-images"
+        " --out {output.predictions:q} > {log:q} 2>&1"
+
+
 rule bench_decode:
-    """AR vs NAR decoding latency (greedy, beam; batch sizes of decode.bench_batch_sizes) on every model."""
+    """AR vs NAR decoding latency (greedy, beam, the AR-only decoders of pipeline.ar_decoders; batch sizes of
+    decode.bench_batch_sizes) on every model."""
     input:
         params=ancient_params("decode", "model", "data", "pipeline"),
         code=sources("narvl.decode.bench"),
@@ -42,7 +72,7 @@ rule bench_decode:
     params:
         folder=folder_of("params"),
         shards=folder_of("tokenizer"),
-        values=values("decode", "model", "data.shard", "data.loader", "pipeline.eval_splits"),
+        values=values("decode", "model", "data.shard", "data.loader", "pipeline.eval_splits", "pipeline.ar_decoders"),
     log:
         logfile("decode/bench"),
     threads: RES["bench"]["threads"]
