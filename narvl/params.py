@@ -276,6 +276,7 @@ class PipelineParams:
     decoders: list[str]
     ar_decoders: dict[Task, list[str]]  # the AR model's extra, constrained decoders per task (trie, allcand, bins)
     baselines: bool  # the trivial baselines as table rows (workflow/rules/baselines.smk)
+    seeds: list[int]  # train.seed of each AR/NAR run: the first gives runs/<task>-<kind>, the others <kind>-seed<N>
     eval_splits: dict[Task, list[str]]
     raw_dir: str
     shards_dir: str

@@ -155,6 +155,7 @@ def test_models_mode_reads_eval_shards_and_names_models_by_folder(tmp_path):
         assert not r["ar_forced_length"] and r["image_size"] == 96
         assert set(r["encoder_variants"]) == {"eager", "fold_bn", "fold_bn+channels_last"}
         assert all(v["median"] > 0 for v in r["encoder_variants"].values())
+        assert set(r["nar_parts"]) == {"decoder", "collapse"} and r["nar_parts"]["collapse"]["median"] > 0
         assert r["samples_per_s"]["nar_greedy"] == pytest.approx(1000 * r["batch"] / r["ms"]["nar_greedy"])
     assert result["inference"] == {"fold_batchnorm": True, "channels_last": True, "compile_variant": False}
 

@@ -5,6 +5,7 @@ import io
 import json
 import random
 import re
+import statistics
 import tarfile
 
 import pytest
@@ -313,3 +314,26 @@ def test_constrained_ar_rows_show_nar_greedy_speedup_over_them(tmp_path):
     assert f"| {cell['metrics']['accuracy']:.2f} |" in trie and trie.endswith("| 4.80× (4.50–5.10) |")
     assert "show NAR greedy's speed-up over that AR decoding" in md
     assert "trie" not in tables.to_markdown([built["caption"]])  # no such row where nothing was decoded so
+
+
+def test_seeds_are_shown_as_mean_and_sd(tmp_path):
+    """pipeline.seeds: the cells ar, ar-seed1, ar-seed2 of one (task, split, decoder) make one row, mean ± sample
+    sd; the CSV keeps the mean and the sd; a model without other seeds keeps its plain value."""
+    rng = random.Random(3)
+    make_metrics(tmp_path / "m", rng)
+    base = json.loads((tmp_path / "m" / "vqa-val-ar-greedy.json").read_text())
+    accs = [base["metrics"]["accuracy"], 50.0, 60.0]
+    for seed, acc in ((1, accs[1]), (2, accs[2])):
+        cell = {**base, "model": f"ar-seed{seed}", "metrics": {**base["metrics"], "accuracy": acc}}
+        (tmp_path / "m" / f"vqa-val-ar-seed{seed}-greedy.json").write_text(json.dumps(cell))
+    built = {t.task: t for t in tables.build(load_metrics(tmp_path / "m"), [], None)}
+    md = tables.to_markdown([built["vqa"]])
+    row = next(line for line in md.splitlines() if line.startswith("| AR (OFA) | greedy"))
+    mean, sd = statistics.fmean(accs), statistics.stdev(accs)
+    assert f"| {mean:.2f} ± {sd:.2f} |" in row and "mean ± sd over the seeds" in md
+    nar = next(line for line in md.splitlines() if line.startswith("| NAR (NARVL) | greedy"))
+    assert "±" not in nar
+    got = {v["quantity"]: v["value"] for v in built["vqa"].values
+           if v["model"] == "ar" and v["decoder"] == "greedy" and v["quantity"].startswith("accuracy")}
+    assert got["accuracy"] == pytest.approx(mean) and got["accuracy_sd"] == pytest.approx(sd)
+    assert not any("seed" in line for line in md.splitlines() if line.startswith("|"))  # no per-seed rows

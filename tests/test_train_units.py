@@ -302,3 +302,19 @@ def test_distilled_vqa_target_gets_weight_one_from_the_loader(inputs):
     assert collate.target(new)[1] == 1.0
     caption = rewrite_meta({"target": "a red square", "references": ["x"]}, "a red circle", "caption")
     assert caption == {"target": "a red circle", "original_target": "a red square", "references": ["x"]}
+
+
+def test_seed_option_reaches_the_ranks_and_the_params():
+    """`narvl train --seed N` (pipeline.seeds) is passed on to the torchrun ranks and replaces train.seed."""
+    import argparse
+
+    from narvl.train import main as train_main
+
+    parser = argparse.ArgumentParser()
+    train_main.add_arguments(parser)
+    base = ["--params", "params", "--task", "vqa", "--kind", "ar", "--shards", "s", "--tokenizer", "t.json",
+            "--out", "runs/vqa-ar-seed3"]
+    args = parser.parse_args(base + ["--seed", "3"])
+    argv = train_main.narvl_argv(args)
+    assert argv[-2:] == ["--seed", "3"] and parser.parse_args(argv[1:]).seed == 3
+    assert "--seed" not in train_main.narvl_argv(parser.parse_args(base))

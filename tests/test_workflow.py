@@ -106,6 +106,31 @@ def test_default_dry_run_has_the_whole_pipeline():
     assert "narvl/train/main.py" not in by_rule["synth"]["input"]
 
 
+def test_several_seeds_train_each_model_again_and_decode_it(tmp_path):
+    """pipeline.seeds [0, 1]: every AR and NAR model is trained once more with `--seed 1` into
+    runs/<task>-<kind>-seed1, exported, decoded with its decoders and scored; the report reads those cells (the
+    tables merge them: tests/test_report.py); the KD students and the benchmark stay on the first seed."""
+    params = tmp_path / "params"
+    shutil.copytree(ROOT / "params", params, ignore=shutil.ignore_patterns("real"))
+    doc = yaml.safe_load((params / "pipeline.yaml").read_text())
+    doc["pipeline"]["seeds"] = [0, 1]
+    (params / "pipeline.yaml").write_text(yaml.safe_dump(doc))
+    jobs = dry_run_jobs("--config", f"params_dir={params}")
+    pipeline = doc["pipeline"]
+    seeded = [j for j in jobs if j["rule"] == "train_seed"]
+    assert len(seeded) == len(pipeline["tasks"]) * len(pipeline["kinds"])
+    assert {"runs/vqa-ar-seed1/summary.json", "runs/caption-nar-seed1/summary.json"} <= {j["output"][0] for j in seeded}
+    report = next(j for j in jobs if j["rule"] == "report")
+    metrics = {p for p in report["input"] if p.startswith("results/metrics/")}
+    assert {"results/metrics/vqa-val-ar-seed1-trie.json", "results/metrics/grounding-testB-nar-seed1-beam.json",
+            "results/metrics/caption-test-ar-seed1-greedy.json"} <= metrics
+    assert not any("nar-kd-seed" in p for p in metrics)
+    bench = next(j for j in jobs if j["rule"] == "bench_decode")
+    assert not any(p.startswith("runs/") and "-seed" in p for p in bench["input"])
+    proc = snakemake("-n", "--forceall", "-p", "--nocolor", "--config", f"params_dir={params}")
+    assert "--out runs/vqa-ar-seed1 --seed 1" in proc.stdout + proc.stderr
+
+
 def test_shell_commands_follow_the_design_contract():
     """Each rule's command line is the one of docs/design.md, Commands."""
     proc = snakemake("-n", "--forceall", "-p", "--nocolor")

@@ -161,6 +161,12 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     cells = [(t, s, m, d) for t in pipeline["tasks"] for s in pipeline["eval_splits"][t]
              for m in pipeline["kinds"] + (["nar-kd"] if t in train["distill_tasks"] else [])
              for d in pipeline["decoders"] + (pipeline["ar_decoders"].get(t, []) if m == "ar" else [])]
+    # the trivial baselines (pipeline.baselines) are cells of their own
+    baselines = {"caption": [("baseline-constant", "none")],
+                 "vqa": [("baseline-majority", "none"), ("baseline-blind", "greedy")],
+                 "grounding": [("baseline-random-object", "none"), ("baseline-largest-object", "none")]}
+    assert pipeline["baselines"]
+    cells += [(t, s, m, d) for t in pipeline["tasks"] for s in pipeline["eval_splits"][t] for m, d in baselines[t]]
     for t, s, m, d in cells:
         metrics = json.loads((clone / f"results/metrics/{t}-{s}-{m}-{d}.json").read_text())
         assert (metrics["task"], metrics["split"], metrics["model"], metrics["decoder"]) == (t, s, m, d)

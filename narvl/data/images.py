@@ -73,11 +73,6 @@ def scale_box(box: list[float], from_size: tuple[int, int], to_size: tuple[int, 
     return [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
 
 
-def xywh_to_xyxy(box: list[float]) -> list[float]:
-    x, y, w, h = box
-    return [x, y, x + w, y + h]
-
-
 def prepare_image(source: Path | str | bytes, longest: int, quality: int) -> tuple[bytes, tuple, tuple] | str:
     """Decode (a file, bytes or base64 text), resize and re-encode one image for a shard: (jpg, orig_size, size),
     or the reason it cannot be read. A light module on purpose: `narvl shard` runs this in worker processes."""

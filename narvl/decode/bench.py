@@ -18,6 +18,9 @@ the first NAR model's greedy decoding. AR and NAR models are prepared alike for 
 (narvl.model.inference.prepare: decode.fold_batchnorm, decode.channels_last). `encoder_variants` times, in the same
 rounds, the encoder of copies of the first NAR model: as trained (`eager`), `fold_bn`, `fold_bn+channels_last`,
 and with --compile `fold_bn+channels_last+compile` (torch.compile; its compilation falls in the warm-up round).
+`nar_parts` times the first NAR model's greedy decoding in parts, in the same rounds: `decoder` (the query decoder
+and output projection on a ready encoder output) and `collapse` (CTC greedy collapse of ready logits); encoder +
+decoder + collapse is NAR greedy, which says where the time over the encoder goes.
 
 The inputs are a fixed sample: the first decode.bench_samples samples of the task's evaluation split (--models) or
 one random batch (--preset). At batch size b <= the sample size, the sample is cut into consecutive batches of b
@@ -55,7 +58,7 @@ Reads the params folder (model, data, decode, pipeline yaml); writes --out:
      "results": [{"device", "task", "batch", "samples", "batches", "rounds", "threads", "ms": {method: ms},
                   "ms_iqr": {method: [q1, q3]}, "samples_per_s": {method: x},
                   "speedup": {"<nar>_<decoder>" | "ar_<decoder>": {"median", "q1", "q3", "pairs"}},
-                  "encoder_variants": {variant: {"median", "q1", "q3"}},
+                  "encoder_variants": {variant: {"median", "q1", "q3"}}, "nar_parts": {part: {...}},
                   "ratios", "ratios_by_nar", "nar_models", "num_queries", "ar_max_len", "ar_forced_length",
                   "image_size", "source_len", "paper_speedup"}], "models"?, "splits"?}
 """
@@ -119,12 +122,22 @@ def methods(ar, nars: dict[str, Any], images, src, mask, ar_fns: dict[str, Calla
     encoder alone first, then each NAR method, then the AR methods (`ar_fns`: decoder -> fn(model, images, src,
     mask), from narvl.decode.constrained.ar_decoder); `encoders` adds the encoder of other model copies (the
     variants of `encoder_variants`). `pairs` says which NAR and AR methods `measure` keeps adjacent."""
+    import torch
+
     from narvl.decode.ctc import beam_search, greedy_decode
 
     first = next(iter(nars.values()))
     fns = {ENCODER: lambda: first.encode(images, src, mask)}
     for variant, model in (encoders or {}).items():
         fns[f"{ENCODER}:{variant}"] = lambda model=model: model.encode(images, src, mask)
+    # the first NAR model's greedy decoding in parts (`nar_parts`): its decoder on a ready encoder output, and
+    # the CTC collapse of ready logits; with the encoder they add up to NAR greedy
+    with torch.inference_mode():
+        enc = first.encode(images, src, mask)
+        logits = first.decode(enc)
+    blank0 = first.special_ids["blank"]
+    fns[f"{ENCODER}:part:decoder"] = lambda: first.decode(enc)
+    fns[f"{ENCODER}:part:collapse"] = lambda: greedy_decode(logits, blank0)
     for name, nar in nars.items():
         blank = nar.special_ids["blank"]
         # greedy: the per-slot argmax of the logits (no log-softmax); beam search needs log-probabilities
@@ -183,9 +196,11 @@ def summarise(times: list[dict[str, float]]) -> dict[str, Any]:
         key = nar if ar.rpartition("_")[2] == nar.rpartition("_")[2] else ar
         speedup[key] = {**spread([t[ar] / t[nar] for t in times]), "pairs": len(times)}
     main = [n for n in names if not n.startswith(f"{ENCODER}:")]
-    variants = {n.partition(":")[2]: per[n] for n in names if n.startswith(f"{ENCODER}:")}
+    extra = {n.partition(":")[2]: per[n] for n in names if n.startswith(f"{ENCODER}:")}
     return {"ms": {n: per[n]["median"] for n in main}, "ms_iqr": {n: [per[n]["q1"], per[n]["q3"]] for n in main},
-            "speedup": speedup, "encoder_variants": variants}
+            "speedup": speedup,
+            "encoder_variants": {n: v for n, v in extra.items() if not n.startswith("part:")},
+            "nar_parts": {n.removeprefix("part:"): v for n, v in extra.items() if n.startswith("part:")}}
 
 
 def ratios(ms: dict[str, float], nar: str) -> dict[str, float]:

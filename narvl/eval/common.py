@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 # results/metrics/<task>-<split>-<model>-<decoder>.json (docs/design.md)
 CELL_RE = re.compile(r"^(?P<task>caption|vqa|grounding)-(?P<split>[A-Za-z0-9_]+)"
-                     r"-(?P<model>ar|nar|nar-kd|baseline-(?:constant|majority|blind|random-object|largest-object))"
+                     r"-(?P<model>(?:ar|nar|nar-kd)(?:-seed[0-9]+)?"
+                     r"|baseline-(?:constant|majority|blind|random-object|largest-object))"
                      r"-(?P<decoder>greedy|beam|trie|allcand|bins|none)$")
 MAX_LISTED = 1000  # ids listed in a metrics file (missing predictions); the count is always exact
 

@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,6 +48,7 @@ class Cell:
     unavailable: dict[str, str]
     coverage: dict[str, Any]
     path: Path
+    spread: dict[str, tuple[float, int]] = field(default_factory=dict)  # metric -> (sd, seeds): merged seeds only
 
 
 def load_metrics(source: str | Path | list[str | Path]) -> list[Cell]:

@@ -12,8 +12,10 @@ greedy's speed-up over it: the paper's comparison for VQA.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
+import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -59,6 +61,33 @@ def task_columns(task: str, splits: list[str]) -> list[Column]:
         else:
             cols.append(Column(split, "Acc@0.5", f"{split} Acc@0.5" if prefix else "Acc@0.5", _f2))
     return cols
+
+
+SEEDED = re.compile(r"(?P<base>ar|nar|nar-kd)-seed[0-9]+")
+
+
+def merge_seeds(cells: list[Cell]) -> list[Cell]:
+    """The cells of one (task, split, model, decoder) over the seeds of pipeline.seeds (`ar` and `ar-seed1`, ...)
+    as one cell: each numeric metric the mean over the seeds, `spread` its sample sd and the count. A cell without
+    other seeds is returned as it is."""
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        m = SEEDED.fullmatch(c.model)
+        groups.setdefault((c.task, c.split, m["base"] if m else c.model, c.decoder), []).append(c)
+    out = []
+    for (_, _, base, _), group in groups.items():
+        if len(group) == 1 and group[0].model == base:
+            out.append(group[0])
+            continue
+        first = next((c for c in group if c.model == base), group[0])
+        mean, spread = {}, {}
+        for key, value in first.metrics.items():
+            values = [c.metrics.get(key) for c in group]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                mean[key] = statistics.fmean(values)
+                spread[key] = (statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+        out.append(dataclasses.replace(first, model=base, metrics={**first.metrics, **mean}, spread=spread))
+    return out
 
 
 def _split_order(task: str, splits: set[str]) -> list[str]:
@@ -113,6 +142,7 @@ class Table:
 def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models") -> list[Table]:
     tables = []
     device = bench_device(bench)
+    cells = merge_seeds(cells)
     for task in ("caption", "vqa", "grounding"):
         task_cells = {(c.split, c.model, c.decoder): c for c in cells if c.task == task}
         b, lat = latency(bench, task)
@@ -154,10 +184,22 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
                         note = f"n/a {col.metric}: {reason} (the metrics files say more)"
                         if note not in notes:
                             notes.append(note)
+                    elif col.metric in cell.spread:
+                        sd, n = cell.spread[col.metric]
+                        row.append(f"{col.fmt(value)} ± {col.fmt(sd)}{mark}")
+                        note = "mean ± sd over the seeds of pipeline.seeds (the CSV has the sd as <metric>_sd)."
+                        if note not in notes:
+                            notes.append(note)
                     else:
                         row.append(col.fmt(value) + mark)
+                    source = cell.path.name if col.metric not in cell.spread else \
+                        f"mean of {cell.spread[col.metric][1]} seeds ({cell.path.name} and its -seed<N> cells)"
                     values.append({"task": task, "split": col.split, "model": model, "decoder": decoder,
-                                   "quantity": col.metric, "value": value, "source": cell.path.name})
+                                   "quantity": col.metric, "value": value, "source": source})
+                    if col.metric in cell.spread:
+                        values.append({"task": task, "split": col.split, "model": model, "decoder": decoder,
+                                       "quantity": f"{col.metric}_sd", "value": cell.spread[col.metric][0],
+                                       "source": source})
                 if b is not None:
                     ms = lat[(model, decoder)]["ms_per_sample"] if (model, decoder) in lat else None
                     up = speedup(lat, model, decoder)

@@ -53,13 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, help="shard folder with sizes.json (data/shards/TASK)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer.json")
     parser.add_argument("--out", required=True, help="run folder (runs/TASK-KIND)")
+    parser.add_argument("--seed", type=int, help="train.seed for this run (pipeline.seeds: one run per seed)")
 
 
 def narvl_argv(args: argparse.Namespace) -> list[str]:
     """The command line that re-runs this command (for torchrun)."""
     argv = ["-v"] if getattr(args, "verbose", False) else []
+    seed = [] if getattr(args, "seed", None) is None else ["--seed", str(args.seed)]
     return argv + ["train", "--params", args.params, "--task", args.task, "--kind", args.kind,
-                   "--shards", args.shards, "--tokenizer", args.tokenizer, "--out", args.out]
+                   "--shards", args.shards, "--tokenizer", args.tokenizer, "--out", args.out] + seed
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -123,6 +125,8 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
     train, model_params, data = load_params(args.params)
     where = f"{Path(args.params) / 'train.yaml'}"
     train = train.for_task(args.task, where)
+    if getattr(args, "seed", None) is not None:
+        train = dataclasses.replace(train, seed=args.seed)
     check_train_params(train, args.task, world_size, cuda, where)
     init = None
     if train.init is not None:

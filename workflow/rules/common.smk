@@ -154,7 +154,8 @@ wildcard_constraints:
     task="caption|vqa|grounding",
     split="[A-Za-z0-9]+",
     kind="ar|nar",
-    model="ar|nar|nar-kd|baseline-blind",
+    model="(?:ar|nar|nar-kd)(?:-seed[0-9]+)?|baseline-blind",
+    seed="[0-9]+",
     decoder="greedy|beam|trie|allcand|bins",
 
 
@@ -164,9 +165,14 @@ def models(task):
     return list(PIPELINE.kinds) + kd
 
 
+def seeded(task):
+    """The AR/NAR models of the seeds after the first (pipeline.seeds): <kind>-seed<N>; no KD students for them."""
+    return [f"{kind}-seed{seed}" for seed in PIPELINE.seeds[1:] for kind in PIPELINE.kinds]
+
+
 def decoders(task, model):
-    """pipeline.decoders for every model, and for the AR model also its task's pipeline.ar_decoders."""
-    extra = PIPELINE.ar_decoders.get(task, []) if model == "ar" else []
+    """pipeline.decoders for every model, and for an AR model also its task's pipeline.ar_decoders."""
+    extra = PIPELINE.ar_decoders.get(task, []) if model.split("-seed")[0] == "ar" else []
     return list(PIPELINE.decoders) + [d for d in extra if d not in PIPELINE.decoders]
 
 
@@ -175,7 +181,7 @@ def cells():
     return [(task, split, model, decoder)
             for task in PIPELINE.tasks
             for split in PIPELINE.eval_splits[task]
-            for model in models(task)
+            for model in models(task) + seeded(task)
             for decoder in decoders(task, model)]
 
 
@@ -183,7 +189,8 @@ def model_file(task, model):
     return f"{RUNS}/{task}-{model}/model.pt"
 
 
-MODEL_FILES = [model_file(task, model) for task in PIPELINE.tasks for model in models(task)]
+MODEL_FILES = [model_file(task, model) for task in PIPELINE.tasks for model in models(task)]  # the benchmark's
+ALL_MODEL_FILES = MODEL_FILES + [model_file(task, model) for task in PIPELINE.tasks for model in seeded(task)]
 def baseline_cells():
     """The trivial baselines' cells (pipeline.baselines): the constant caption; the majority answer per question
     type and the AR model fed blank images; a random object and the largest object."""

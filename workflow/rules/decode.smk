@@ -12,8 +12,8 @@ rule decode:
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
     output:
-        predictions=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model,ar|nar|nar-kd}}-{{decoder}}.json",
-        provenance=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model,ar|nar|nar-kd}}-{{decoder}}.meta.json",
+        predictions=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model,(?:ar|nar|nar-kd)(?:-seed[0-9]+)?}}-{{decoder}}.json",
+        provenance=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model,(?:ar|nar|nar-kd)(?:-seed[0-9]+)?}}-{{decoder}}.meta.json",
     params:
         values=lambda w: values("decode", "data.loader", task=w.task, drop=decode_drop(w)),
     log:

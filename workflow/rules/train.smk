@@ -46,6 +46,36 @@ rule train:
         " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} > {log:q} 2>&1"
 
 
+rule train_seed:
+    """The same training with another train.seed (pipeline.seeds after the first): runs/<task>-<kind>-seed<N>."""
+    input:
+        params=ancient_params("train", "model", "data"),
+        code=sources("narvl.train.main"),
+        shards=f"{SHARDS}/{{task}}",
+        tokenizer=TOKENIZER,
+        init=[path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path],
+    output:
+        summary=f"{RUNS}/{{task}}-{{kind}}-seed{{seed}}/summary.json",
+    params:
+        folder=folder_of("params"),
+        run=lambda w, output: os.path.dirname(output.summary),
+        launcher=LAUNCHER,
+        values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
+    log:
+        logfile("train/{task}-{kind}-seed{seed}"),
+    threads: TRAIN.nproc
+    resources:
+        mem_mb=RES["train"]["mem_mb"],
+        runtime=RES["train"]["runtime"],
+        gpu=RES["train"]["gpu"],
+        nodes=RES["train"]["nodes"],
+        mpi=RES["train"]["mpi"],
+    shell:
+        "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind {wildcards.kind:q}"
+        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} --seed {wildcards.seed:q}"
+        " > {log:q} 2>&1"
+
+
 rule distill:
     """Sequence-level KD: the AR teacher decodes the task's training set into KD shards."""
     input:
@@ -119,6 +149,6 @@ rule export:
 
 
 rule train_all:
-    """Target: every exported model (the DVC stage `train`)."""
+    """Target: every exported model (the DVC stage `train`), those of every seed included."""
     input:
-        models=MODEL_FILES,
+        models=ALL_MODEL_FILES,
