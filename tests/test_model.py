@@ -164,7 +164,7 @@ def test_beam_of_one_is_greedy_and_items_are_independent():
     with torch.no_grad():
         banned = torch.zeros(V, dtype=torch.bool)
         banned[[SPECIAL["pad"], SPECIAL["bos"], SPECIAL["blank"]]] = True
-        assert m._beam(m.encode(images, src, mask), 10, 1, 1.0, 0, True, banned) == m.generate(images, src, mask,
+        assert m._beam(m.encode(images, src, mask), 10, 1, 1.0, 0, True, banned, None) == m.generate(images, src, mask,
                                                                                               max_len=10)
     batched = m.generate(images, src, mask, max_len=10, beam_size=4, length_penalty=0.5)
     single = [m.generate(images[i:i + 1], src[i:i + 1], mask[i:i + 1], max_len=10, beam_size=4,

@@ -219,16 +219,18 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     score = clone / "params/score.yaml"
     original = score.read_text()
     score.write_text(original.replace("iou_threshold: 0.5", "iou_threshold: 0.6"))
-    grounding = [c for c in cells if c[0] == "grounding"]
-    assert dry_run_rules(clone) == {"score_grounding": len(grounding), "report": 1, "reproduction": 1, "all": 1}
+    grounding = [c for c in cells if c[0] == "grounding" and c[3] != "none"]  # decoded cells; then the baselines
+    guesses = [c for c in cells if c[0] == "grounding" and c[3] == "none"]
+    assert dry_run_rules(clone) == {"score_grounding": len(grounding), "baseline_grounding": len(guesses),
+                                    "report": 1, "reproduction": 1, "all": 1}
     score.write_text(original)
-    # one decoding parameter: the beam decodes, and the AR teacher's beam search, so the KD students and all their
-    # cells; nothing else (no shards, no AR or NAR training, no greedy decode of ar/nar)
+    # one decoding parameter: the beam and trie decodes, and the AR teacher's beam search, so the KD students and
+    # all their cells; nothing else (no shards, no AR or NAR training, no greedy, allcand or bins decode of ar/nar)
     decode = clone / "params/decode.yaml"
     decode.write_text(decode.read_text().replace(f"beam_size: {TINY['decode']['beam_size']}", "beam_size: 3"))
     rerun = dry_run_rules(clone)
     kd_tasks = sorted({c[0] for c in cells if c[2] == "nar-kd"})
-    changed = [c for c in cells if c[3] == "beam" or c[2] == "nar-kd"]
+    changed = [c for c in cells if c[3] in ("beam", "trie") or c[2] == "nar-kd"]
     scores = sum(n for r, n in rerun.items() if r.startswith("score_"))
     assert rerun.pop("decode") == len(changed) and scores == len(changed), rerun
     assert {r: n for r, n in rerun.items() if not r.startswith("score_")} == {
