@@ -52,7 +52,7 @@ def test_trie_allows_answer_continuations_and_eos_after_whole_answers():
 def test_score_candidates_is_teacher_forced_log_probability():
     model, (images, src, mask) = tiny(), inputs()
     cands = candidate_tensor(ANSWERS, pad=0)
-    got = model.score_candidates(images, src, mask, cands, chunk=2)  # chunks of 2 candidates
+    got = model.score_candidates(images, src, mask, cands, rows=6)  # 3 items x 2 candidates per pass
     assert got.shape == (3, len(ANSWERS))
     with torch.no_grad():
         for c, ans in enumerate(ANSWERS):

@@ -129,6 +129,11 @@ def test_several_seeds_train_each_model_again_and_decode_it(tmp_path):
     assert not any(p.startswith("runs/") and "-seed" in p for p in bench["input"])
     proc = snakemake("-n", "--forceall", "-p", "--nocolor", "--config", f"params_dir={params}")
     assert "--out runs/vqa-ar-seed1 --seed 1" in proc.stdout + proc.stderr
+    # the ordinary runs train with train.seed: a seeds list that does not start with it is refused
+    doc["pipeline"]["seeds"] = [1, 2]
+    (params / "pipeline.yaml").write_text(yaml.safe_dump(doc))
+    proc = snakemake("-n", "--config", f"params_dir={params}", check=False)
+    assert proc.returncode != 0 and "pipeline.seeds starts with 1" in proc.stdout + proc.stderr
 
 
 def test_shell_commands_follow_the_design_contract():

@@ -63,6 +63,23 @@ def iter_samples(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
             yield {"key": key, "jpg": raw["jpg"], "meta": meta}
 
 
+def iter_metas(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """The json member of every sample of tar shards, in order, without reading the images (tarfile seeks over
+    them): what a pass over the targets alone needs (the candidate answers of narvl.decode.constrained)."""
+    import tarfile
+
+    for shard in shards:
+        with tarfile.open(shard, "r:") as tar:
+            for member in tar:
+                if not member.name.endswith(".json"):
+                    continue
+                f = tar.extractfile(member)
+                try:
+                    yield json.loads(f.read() if f is not None else b"")
+                except json.JSONDecodeError as e:
+                    raise NarvlError(f"{shard}: {member.name}: not valid JSON ({e})") from e
+
+
 def decode_jpeg_array(data: bytes) -> np.ndarray:
     """uint8 (h, w, 3)."""
     with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:

@@ -13,8 +13,8 @@ the GPU when torch.cuda.is_available()), one run times side by side, interleaved
     AR allcand     VQA (--models): every candidate answer scored, the best taken (OFA's all-candidate inference)
     AR bins        grounding (--models): greedy generation of <bin> tokens only (OFA's box decoding)
 
-The constrained AR decoders are those of pipeline.ar_decoders (narvl.decode.constrained); each is timed next to
-the first NAR model's greedy decoding. AR and NAR models are prepared alike for inference
+The constrained AR decoders are those of pipeline.ar_decoders (narvl.decode.constrained); each is compared with the
+first NAR model's greedy decoding of the same round and batch (timed in that round, after the pairs of one decoder). AR and NAR models are prepared alike for inference
 (narvl.model.inference.prepare: decode.fold_batchnorm, decode.channels_last). `encoder_variants` times, in the same
 rounds, the encoder of copies of the first NAR model: as trained (`eager`), `fold_bn`, `fold_bn+channels_last`,
 and with --compile `fold_bn+channels_last+compile` (torch.compile; its compilation falls in the warm-up round).

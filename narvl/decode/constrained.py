@@ -12,6 +12,7 @@ most frequent VQAv2 answers, trainval_ans2label.pkl); ties go alphabetically.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from torch import Tensor
 from narvl.errors import NarvlError
 
 AR_DECODERS = {"vqa": ("trie", "allcand"), "grounding": ("bins",)}  # task -> its AR-only decoders
+log = logging.getLogger(__name__)
 
 
 def check_decoder(task: str, kind: str, decoder: str) -> None:
@@ -38,13 +40,13 @@ def check_decoder(task: str, kind: str, decoder: str) -> None:
 
 def training_answers(shard_dir: Path, top: int, split: str = "train") -> list[str]:
     """The `top` most frequent `target`s of the split's samples (count descending, then alphabetical)."""
-    from narvl.data.loader import iter_samples
+    from narvl.data.loader import iter_metas
     from narvl.data.shard_folder import read_sizes
 
     sizes = read_sizes(shard_dir, "vqa")
     if split not in sizes:
         raise NarvlError(f"{Path(shard_dir) / 'sizes.json'}: no '{split}' split to take the candidate answers from")
-    counts = Counter(s["meta"]["target"] for s in iter_samples([Path(shard_dir) / n for n in sizes[split]["shards"]]))
+    counts = Counter(m["target"] for m in iter_metas([Path(shard_dir) / n for n in sizes[split]["shards"]]))
     if not counts:
         raise NarvlError(f"{shard_dir}: split '{split}' has no answers")
     return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
@@ -111,6 +113,13 @@ def ar_decoder(decoder: str, task: str, tokenizer, decode_params, shard_dir: Pat
         raise NarvlError(f"decoder '{decoder}' needs the task's shard folder (its training answers)")
     answers = [ids for ids in (tokenizer.encode(a) for a in training_answers(shard_dir, decode_params.answer_candidates))
                if ids]
+    fit = [ids for ids in answers if len(ids) <= max_len - 1]  # EOS is forced at step max_len - 1
+    if len(fit) < len(answers):
+        log.warning("%s: %d of %d candidate answers are longer than decode.max_len.%s - 1 = %d tokens and are left "
+                    "out", shard_dir, len(answers) - len(fit), len(answers), task, max_len - 1)
+    if not fit:
+        raise NarvlError(f"{shard_dir}: no candidate answer fits decode.max_len.{task} = {max_len}")
+    answers = fit
     if decoder == "trie":
         trie = AnswerTrie(answers, tokenizer.eos_id, tokenizer.vocab_size)
         return lambda m, images, src, mask: m.generate(images, src, mask, max_len, k, lp, constraint=trie)

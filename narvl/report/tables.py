@@ -83,9 +83,9 @@ def merge_seeds(cells: list[Cell]) -> list[Cell]:
         mean, spread = {}, {}
         for key, value in first.metrics.items():
             values = [c.metrics.get(key) for c in group]
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            if len(values) > 1 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 mean[key] = statistics.fmean(values)
-                spread[key] = (statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+                spread[key] = (statistics.stdev(values), len(values))
         out.append(dataclasses.replace(first, model=base, metrics={**first.metrics, **mean}, spread=spread))
     return out
 

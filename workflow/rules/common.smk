@@ -165,6 +165,11 @@ def models(task):
     return list(PIPELINE.kinds) + kd
 
 
+if PIPELINE.seeds[0] != TRAIN.seed:
+    raise WorkflowError(f"{STAGE_FILES['pipeline']}: pipeline.seeds starts with {PIPELINE.seeds[0]}, but the ordinary "
+                        f"runs (runs/<task>-<kind>) train with train.seed = {TRAIN.seed}: list train.seed first")
+
+
 def seeded(task):
     """The AR/NAR models of the seeds after the first (pipeline.seeds): <kind>-seed<N>; no KD students for them."""
     return [f"{kind}-seed{seed}" for seed in PIPELINE.seeds[1:] for kind in PIPELINE.kinds]
