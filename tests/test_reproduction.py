@@ -206,6 +206,11 @@ def test_the_committed_published_folder_is_complete_and_consistent():
     expected = sorted(f"{t}-{s}-{m}-{d}.json" for t in pipeline["tasks"] for s in pipeline["eval_splits"][t]
                       for m in ("ar", "nar", "nar-kd") if m != "nar-kd" or t in distilled
                       for d in pipeline["decoders"] + (pipeline["ar_decoders"].get(t, []) if m == "ar" else []))
+    baselines = {"caption": ["baseline-constant-none"], "vqa": ["baseline-majority-none", "baseline-blind-greedy"],
+                 "grounding": ["baseline-random-object-none", "baseline-largest-object-none"]}
+    if pipeline["baselines"]:
+        expected = sorted(expected + [f"{t}-{s}-{b}.json" for t in pipeline["tasks"] for s in pipeline["eval_splits"][t]
+                                      for b in baselines[t]])
     assert cells == expected
     bench = json.loads((published / "bench" / "decode.json").read_text())
     assert all("speedup" in row and row["threads"] >= 1 for row in bench["results"])
