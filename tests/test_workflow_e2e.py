@@ -245,7 +245,8 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     (clone / "params/train.yaml").write_text(text.replace("grounding: 2", "grounding: 3", 1))
     rerun = dry_run_rules(clone)
     assert rerun.get("train") == len(pipeline["kinds"]) and "train_kd" not in rerun and "synth" not in rerun, rerun
-    assert rerun.get("decode") == len([c for c in cells if c[0] == "grounding"]), rerun
+    assert rerun.get("decode") == len([c for c in cells if c[0] == "grounding" and c[3] != "none"]), rerun
+    assert "baseline_grounding" not in rerun, rerun  # the guesses use no model
     (clone / "params/train.yaml").write_text(text)
 
     # 5. the Snakemake report bundles tables, plots and the gallery
