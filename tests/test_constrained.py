@@ -107,3 +107,25 @@ def test_prepared_encoder_computes_the_same_function(kind):
     assert bns == 1 + 3 * 3 + 3  # stem, 3 convs in each of 3 Bottlenecks, 3 downsample paths
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(copy.deepcopy(model).train())
+
+
+def test_answer_reading_names_a_broken_shard(tmp_path):
+    """The candidate answers come from the shards' json members; a shard that is no tar, or a member that is no
+    JSON, is named in the error."""
+    import io
+    import tarfile
+
+    from narvl.data.loader import iter_metas
+
+    bad = tmp_path / "vqa-train-000000.tar"
+    bad.write_bytes(b"not a tar file at all" * 40)
+    with pytest.raises(NarvlError, match="vqa-train-000000.tar: cannot read this shard"):
+        list(iter_metas([bad]))
+    good = tmp_path / "vqa-train-000001.tar"
+    with tarfile.open(good, "w") as tar:
+        for name, data in (("a.json", b'{"target": "red"}'), ("a.jpg", b"\xff\xd8"), ("b.json", b"{oops")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(NarvlError, match="b.json: not valid JSON"):
+        list(iter_metas([good]))

@@ -188,3 +188,14 @@ def test_speedup_is_the_median_of_per_pair_ratios():
     assert s["speedup"]["nar_greedy"] == {"median": 4.0, "q1": 4.0, "q3": 4.0, "pairs": 5}
     assert s["ms"]["nar_greedy"] == 1.1 and s["ms_iqr"]["nar_greedy"] == [1.0, 10.0]
     assert s["speedup"]["nar_beam"]["median"] == 2.0
+
+
+def test_batch_sizes_must_be_positive(tmp_path):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    out = tmp_path / "decode.json"
+    args = parser.parse_args(["--params", str(small_params(tmp_path)), "--preset", "cpu", "--device", "cpu",
+                              "--tasks", "vqa", "--batch-sizes", "1", "0", "--out", str(out)])
+    with pytest.raises(NarvlError, match="--batch-sizes 1 0: every batch size must be at least 1"):
+        bench.main(args)
+    assert not out.exists()

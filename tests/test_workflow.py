@@ -117,7 +117,7 @@ def test_several_seeds_train_each_model_again_and_decode_it(tmp_path):
     (params / "pipeline.yaml").write_text(yaml.safe_dump(doc))
     jobs = dry_run_jobs("--config", f"params_dir={params}")
     pipeline = doc["pipeline"]
-    seeded = [j for j in jobs if j["rule"] == "train_seed"]
+    seeded = [j for j in jobs if j["rule"] == "train" and "-seed" in j["output"][0]]
     assert len(seeded) == len(pipeline["tasks"]) * len(pipeline["kinds"])
     assert {"runs/vqa-ar-seed1/summary.json", "runs/caption-nar-seed1/summary.json"} <= {j["output"][0] for j in seeded}
     report = next(j for j in jobs if j["rule"] == "report")
@@ -128,7 +128,10 @@ def test_several_seeds_train_each_model_again_and_decode_it(tmp_path):
     bench = next(j for j in jobs if j["rule"] == "bench_decode")
     assert not any(p.startswith("runs/") and "-seed" in p for p in bench["input"])
     proc = snakemake("-n", "--forceall", "-p", "--nocolor", "--config", f"params_dir={params}")
-    assert "--out runs/vqa-ar-seed1 --seed 1" in proc.stdout + proc.stderr
+    shown = proc.stdout + proc.stderr
+    assert "--kind ar --shards data/shards/vqa --tokenizer data/shards/tokenizer.json --out runs/vqa-ar-seed1 --seed 1" \
+        in shown
+    assert "--out runs/vqa-ar  >" in shown  # the first seed's run: train.seed, no --seed
     # the ordinary runs train with train.seed: a seeds list that does not start with it is refused
     doc["pipeline"]["seeds"] = [1, 2]
     (params / "pipeline.yaml").write_text(yaml.safe_dump(doc))

@@ -69,15 +69,18 @@ def iter_metas(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
     import tarfile
 
     for shard in shards:
-        with tarfile.open(shard, "r:") as tar:
-            for member in tar:
-                if not member.name.endswith(".json"):
-                    continue
-                f = tar.extractfile(member)
-                try:
-                    yield json.loads(f.read() if f is not None else b"")
-                except json.JSONDecodeError as e:
-                    raise NarvlError(f"{shard}: {member.name}: not valid JSON ({e})") from e
+        try:
+            with tarfile.open(shard, "r:") as tar:
+                for member in tar:
+                    if not member.name.endswith(".json"):
+                        continue
+                    f = tar.extractfile(member)
+                    try:
+                        yield json.loads(f.read() if f is not None else b"")
+                    except json.JSONDecodeError as e:
+                        raise NarvlError(f"{shard}: {member.name}: not valid JSON ({e})") from e
+        except (tarfile.TarError, OSError) as e:
+            raise NarvlError(f"{shard}: cannot read this shard as a tar file ({e})") from e
 
 
 def decode_jpeg_array(data: bytes) -> np.ndarray:

@@ -356,6 +356,10 @@ def main(args: argparse.Namespace) -> int:
 
         raise NarvlError("--dtype fp16 needs a GPU: use --device cuda, or fp32/bf16 on the CPU")
     dp = prm["decode"]
+    if args.batch_sizes and min(args.batch_sizes) < 1:
+        from narvl.errors import NarvlError
+
+        raise NarvlError(f"--batch-sizes {' '.join(map(str, args.batch_sizes))}: every batch size must be at least 1")
     for setup in setups:  # the encoder variants start from the model as trained, then AR and NAR are prepared alike
         setup["variants"] = encoder_variants(setup["nars"][next(iter(setup["nars"]))], args.compile)
         for model in (setup["ar"], *setup["nars"].values()):

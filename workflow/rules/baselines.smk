@@ -41,6 +41,7 @@ rule baseline_grounding:
     wildcard_constraints:
         pick="random|largest",
     params:
+        baseline=lambda w: f"grounding-{w.pick}",
         refs=raw_path("refs", task="grounding"),
         instances=raw_path("instances", task="grounding"),
         values=values("score.iou_threshold"),
@@ -51,7 +52,7 @@ rule baseline_grounding:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl baselines grounding-{wildcards.pick} --params {input.params:q} --split {wildcards.split:q}"
+        "python -m narvl baselines {params.baseline:q} --params {input.params:q} --split {wildcards.split:q}"
         " --refs {params.refs:q} --instances {params.instances:q}"
         " --predictions {output.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 

@@ -155,7 +155,6 @@ wildcard_constraints:
     split="[A-Za-z0-9]+",
     kind="ar|nar",
     model="(?:ar|nar|nar-kd)(?:-seed[0-9]+)?|baseline-blind",
-    seed="[0-9]+",
     decoder="greedy|beam|trie|allcand|bins",
 
 

@@ -18,7 +18,8 @@ DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "deco
 
 
 rule train:
-    """The AR baseline (kind ar) or the NAR model (kind nar) of one task, on the task's shards."""
+    """The AR baseline (kind ar) or the NAR model (kind nar) of one task, on the task's shards: runs/<task>-<kind>
+    with train.seed, and runs/<task>-<kind>-seed<N> for each further seed of pipeline.seeds (`--seed N`)."""
     input:
         params=ancient_params("train", "model", "data"),
         code=sources("narvl.train.main"),
@@ -26,14 +27,18 @@ rule train:
         tokenizer=TOKENIZER,
         init=[path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path],  # train.init: the starting weights
     output:
-        summary=f"{RUNS}/{{task}}-{{kind}}/summary.json",
+        summary=f"{RUNS}/{{task}}-{{run}}/summary.json",
+    wildcard_constraints:
+        run="(?:ar|nar)(?:-seed[0-9]+)?",
     params:
         folder=folder_of("params"),
         run=lambda w, output: os.path.dirname(output.summary),
+        kind=lambda w: w.run.split("-seed")[0],
+        seed=lambda w: ["--seed", w.run.split("-seed")[1]] if "-seed" in w.run else [],
         launcher=LAUNCHER,
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
     log:
-        logfile("train/{task}-{kind}"),
+        logfile("train/{task}-{run}"),
     threads: TRAIN.nproc
     resources:
         mem_mb=RES["train"]["mem_mb"],
@@ -42,38 +47,8 @@ rule train:
         nodes=RES["train"]["nodes"],
         mpi=RES["train"]["mpi"],
     shell:
-        "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind {wildcards.kind:q}"
-        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} > {log:q} 2>&1"
-
-
-rule train_seed:
-    """The same training with another train.seed (pipeline.seeds after the first): runs/<task>-<kind>-seed<N>."""
-    input:
-        params=ancient_params("train", "model", "data"),
-        code=sources("narvl.train.main"),
-        shards=f"{SHARDS}/{{task}}",
-        tokenizer=TOKENIZER,
-        init=[path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path],
-    output:
-        summary=f"{RUNS}/{{task}}-{{kind}}-seed{{seed}}/summary.json",
-    params:
-        folder=folder_of("params"),
-        run=lambda w, output: os.path.dirname(output.summary),
-        launcher=LAUNCHER,
-        values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
-    log:
-        logfile("train/{task}-{kind}-seed{seed}"),
-    threads: TRAIN.nproc
-    resources:
-        mem_mb=RES["train"]["mem_mb"],
-        runtime=RES["train"]["runtime"],
-        gpu=RES["train"]["gpu"],
-        nodes=RES["train"]["nodes"],
-        mpi=RES["train"]["mpi"],
-    shell:
-        "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind {wildcards.kind:q}"
-        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} --seed {wildcards.seed:q}"
-        " > {log:q} 2>&1"
+        "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind {params.kind:q}"
+        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} {params.seed:q} > {log:q} 2>&1"
 
 
 rule distill:
