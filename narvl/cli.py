@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "import-ofa": ("narvl.ofa_import", "convert an OFA fairseq checkpoint into a narvl model file (ar or nar)"),
     "export": ("narvl.train.export", "write a self-describing fp32 model file from a training checkpoint"),
     "decode": ("narvl.decode.run", "decode a split with an exported model into a predictions file"),
+    "predict": ("narvl.predict", "answer one prompt about one image with a model file (grounding: draw the box)"),
     "score": ("narvl.eval.score", "score predictions with the official metrics into a metrics JSON"),
     "baselines": ("narvl.eval.baselines", "trivial baselines (majority answer, random/largest object, constant caption) as metrics JSON"),
     "report": ("narvl.report.main", "results tables, plots, gallery; compare with or publish the reference"),

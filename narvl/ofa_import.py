@@ -16,7 +16,9 @@ BPE, <mask>, the image codes and the <bin_k>), blank = the new last row. With --
 by `narvl tokenizer --gpt2 encoder.json vocab.bpe`) and --bpe-dir (OFA's utils/BPE: encoder.json and dict.txt) the
 embedding rows are reordered into the tokenizer's ids: narvl's specials take fairseq's rows (the blank a new one),
 <bin_k> takes OFA's <bin_k> (the last num_bins rows), and each BPE token takes the row fairseq gives its GPT-2 id
-(4 + the id's line in dict.txt); OFA's <mask> and image codes are dropped.
+(4 + the id's line in dict.txt); OFA's <mask> and image codes are dropped. The model file then carries that
+tokenizer (`Tokenizer.embed`: path, sha256 and its text), as `narvl export` does, so `narvl predict` reads it.
+Without --tokenizer no narvl tokenizer can read the model's ids: decode and predict need a model imported with one.
 """
 
 from __future__ import annotations
@@ -338,7 +340,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="OFA fairseq checkpoint (ofa_*.pt)")
     parser.add_argument("--kind", required=True, choices=["ar", "nar"])
     parser.add_argument("--task", required=True, help="the task the model file is for (num_queries from --params)")
-    parser.add_argument("--params", type=Path, default=Path("params"), help="parameter folder (model.num_queries)")
+    parser.add_argument("--params", type=Path, default=Path("params"), help="parameter folder (model.yaml: num_queries)")
     parser.add_argument("--tokenizer", type=Path, help="narvl tokenizer (from OFA's GPT-2 BPE) to reorder rows into")
     parser.add_argument("--bpe-dir", type=Path, help="OFA's utils/BPE folder: encoder.json, dict.txt (with --tokenizer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the new query vectors")
@@ -364,7 +366,7 @@ def main(args: argparse.Namespace) -> int:
         num_bins = int(cfg.get("_task", {}).get("num_bins", 1000))
         rows = vocabulary_rows(tok, args.bpe_dir, ofa_vocab, num_bins)
         special = {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id, "unk": tok.unk_id, "blank": tok.blank_id}
-        tok_ref = {"path": str(args.tokenizer), "sha256": file_sha256(args.tokenizer)}
+        tok_ref = Tokenizer.embed(args.tokenizer)  # {"path", "sha256", "json"}: the model file carries it
     model, ignored, arch = build_from_checkpoint(args.checkpoint, args.kind, model_params.num_queries[args.task],
                                                  args.seed, rows, special)
     for key, reason in sorted(ignored.items()):

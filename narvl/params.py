@@ -30,10 +30,10 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from narvl.errors import NarvlError
+from narvl.tasks import NAMES as TASKS  # the tasks' names (narvl/tasks/)
 
-TASKS = ("caption", "vqa", "grounding")
-Task = Literal["caption", "vqa", "grounding"]  # the key type of per-task mappings: a misspelt task is an error
-Task = Literal["caption", "vqa", "grounding"]
+# the key type of per-task mappings (a misspelt task is an error): the names of narvl.tasks
+Task = Literal[TASKS]
 Kind = Literal["ar", "nar"]
 
 
@@ -98,6 +98,9 @@ class LoaderParams:
     num_workers: int
     shuffle_buffer: int
     max_source_len: int  # text tokens fed to the encoder, <bos> and <eos> included
+    # the target-length budget's one home: target tokens per task without EOS. Training truncates targets to it, AR
+    # decoding generates at most max_target_len + 1 tokens (EOS included: `ar_max_len`), NAR needs
+    # model.num_queries >= it, and the architecture's max_target_len (decoder positions) bounds it
     max_target_len: dict[Task, int]
     bench_micro_batch: int  # `narvl bench data`: batch size and timed batches per worker count
     bench_batches: int
@@ -228,13 +231,19 @@ class TrainParams:
         return _build(TrainParams, merged, f"train.task_overrides.{task}", where)
 
 
+def ar_max_len(data: "DataParams", task: str) -> int:
+    """AR generation limit of `task` in tokens, EOS included: data.loader.max_target_len[task] + 1."""
+    if task not in data.loader.max_target_len:
+        raise NarvlError(f"data.loader.max_target_len has no entry for task '{task}'")
+    return data.loader.max_target_len[task] + 1
+
+
 # ------------------------------------------------------------------------------------------------------- decode
 @dataclass(frozen=True)
 class DecodeParams:
     batch_size: int
     beam_size: int
     length_penalty: float
-    max_len: dict[Task, int]
     bench_batch_sizes: list[int]
     bench_repeats: int
     bench_samples: int  # `narvl bench decode --models`: the first samples of the evaluation split it times
@@ -411,9 +420,8 @@ def load(path: str | Path, stage: str | None = None) -> Any:
     except IsADirectoryError as e:
         raise NarvlError(f"{path}: is a folder; this option takes the parameter file, e.g. "
                          f"{path / f'{stage}.yaml'}") from e
-    except NotADirectoryError as e:
-        raise NarvlError(f"{path}: {path.parent} is a file; this option takes the parameter folder, e.g. "
-                         f"{path.parent.parent}") from e
+    except NotADirectoryError as e:  # a file given where the parameter folder belongs
+        raise NarvlError(_not_a_folder(path.parent)) from e
     try:
         doc = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
@@ -422,6 +430,22 @@ def load(path: str | Path, stage: str | None = None) -> Any:
         found = ", ".join(map(str, doc)) if isinstance(doc, dict) else type(doc).__name__
         raise NarvlError(f"{path}: expected exactly one top-level key '{stage}', found: {found or 'nothing'}")
     return _build(STAGES[stage], doc[stage] or {}, stage, str(path))
+
+
+def _not_a_folder(path: Path) -> str:
+    return f"{path}: --params takes the parameter folder (e.g. {path.parent}/), not a file"
+
+
+def load_stage(params_dir: str | Path, stage: str) -> Any:
+    """`stage`'s parameters from the parameter folder a `--params DIR` names: DIR/<stage>.yaml.
+
+    Every subcommand takes the folder and reads the stage files it needs from it; a file is refused by name."""
+    params_dir = Path(params_dir)
+    if params_dir.exists() and not params_dir.is_dir():
+        raise NarvlError(_not_a_folder(params_dir))
+    if not params_dir.exists():
+        raise NarvlError(f"{params_dir}: no such parameter folder")
+    return load(params_dir / f"{stage}.yaml", stage)
 
 
 def load_all(params_dir: str | Path = "params") -> dict[str, Any]:

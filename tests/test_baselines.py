@@ -40,7 +40,7 @@ def _vqa_files(tmp_path):
 def test_vqa_majority_answer_per_question_type(tmp_path):
     a_train, q_val, a_val = _vqa_files(tmp_path)
     out, preds = tmp_path / "m.json", tmp_path / "p.json"
-    assert cli_main(["baselines", "vqa-majority", "--params", "params/score.yaml", "--train-annotations", str(a_train),
+    assert cli_main(["baselines", "vqa-majority", "--params", "params", "--train-annotations", str(a_train),
                      "--questions", str(q_val), "--annotations", str(a_val), "--split", "val",
                      "--predictions", str(preds), "--out", str(out)]) == 0
     answers = {p["question_id"]: p["answer"] for p in json.loads(preds.read_text())}
@@ -75,7 +75,7 @@ def _refer_files(tmp_path, objects_per_image, images):
 
 def _ground(tmp_path, rule, refs, inst, *extra):
     out, preds = tmp_path / f"{rule}.json", tmp_path / f"{rule}-p.json"
-    assert cli_main(["baselines", f"grounding-{rule}", "--params", "params/score.yaml", "--refs", str(refs),
+    assert cli_main(["baselines", f"grounding-{rule}", "--params", "params", "--refs", str(refs),
                      "--instances", str(inst), "--split", "val", "--predictions", str(preds), "--out", str(out),
                      *extra]) == 0
     return json.loads(out.read_text()), json.loads(preds.read_text())
@@ -124,7 +124,7 @@ def test_constant_caption_is_the_most_frequent_training_caption(tmp_path):
                                                                                 "width": 96, "height": 96}],
         "annotations": [{"image_id": 4, "id": 1, "caption": common}, {"image_id": 5, "id": 2, "caption": common}]})
     out, preds = tmp_path / "m.json", tmp_path / "p.json"
-    assert cli_main(["baselines", "caption-constant", "--params", "params/score.yaml", "--train-captions",
+    assert cli_main(["baselines", "caption-constant", "--params", "params", "--train-captions",
                      str(karpathy), "--references", str(refs), "--split", "test", "--predictions", str(preds),
                      "--out", str(out)]) == 0
     assert json.loads(preds.read_text()) == [{"image_id": 4, "caption": common}, {"image_id": 5, "caption": common}]
@@ -136,7 +136,7 @@ def test_constant_caption_is_the_most_frequent_training_caption(tmp_path):
 def test_bad_training_file_names_the_record(tmp_path, capsys):
     a_train, q_val, a_val = _vqa_files(tmp_path)
     _write(a_train, {"annotations": [{"question_type": "x"}]})
-    rc = cli_main(["baselines", "vqa-majority", "--params", "params/score.yaml", "--train-annotations", str(a_train),
+    rc = cli_main(["baselines", "vqa-majority", "--params", "params", "--train-annotations", str(a_train),
                    "--questions", str(q_val), "--annotations", str(a_val), "--split", "val",
                    "--predictions", str(tmp_path / "p.json"), "--out", str(tmp_path / "m.json")])
     assert rc == 2

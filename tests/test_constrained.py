@@ -2,6 +2,7 @@
 inference preparation every decode applies (narvl.model.inference)."""
 
 import copy
+import json
 import dataclasses
 
 import pytest
@@ -85,8 +86,10 @@ def test_check_decoder():
     check_decoder("caption", "nar", "beam")
     check_decoder("vqa", "ar", "trie")
     check_decoder("grounding", "ar", "bins")
-    with pytest.raises(NarvlError, match="decodes vqa with an AR model"):
+    with pytest.raises(NarvlError, match="decodes vqa with an AR model, not a vqa NAR model"):
         check_decoder("vqa", "nar", "allcand")
+    with pytest.raises(NarvlError, match="decodes grounding with an AR model, not a caption AR model"):
+        check_decoder("caption", "ar", "bins")
     with pytest.raises(NarvlError, match="is not one of"):
         check_decoder("vqa", "ar", "sample")
 
@@ -123,7 +126,9 @@ def test_answer_reading_names_a_broken_shard(tmp_path):
         list(iter_metas([bad]))
     good = tmp_path / "vqa-train-000001.tar"
     with tarfile.open(good, "w") as tar:
-        for name, data in (("a.json", b'{"target": "red"}'), ("a.jpg", b"\xff\xd8"), ("b.json", b"{oops")):
+        sample = {"id": "a", "task": "vqa", "split": "train", "image_id": 1, "orig_size": [4, 4], "size": [4, 4],
+                  "prompt": "what colour?", "target": "red"}
+        for name, data in (("a.json", json.dumps(sample).encode()), ("a.jpg", b"\xff\xd8"), ("b.json", b"{oops")):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))

@@ -23,8 +23,9 @@ def default(tmp_path_factory):
     generate(synth, root / "raw")
     p = dataclasses.replace(BASE, synth=synth, shard=dataclasses.replace(BASE.shard, samples_per_shard=25),
                             loader=dataclasses.replace(BASE.loader, num_workers=0))
-    (root / "data.yaml").write_text(json.dumps({"data": dataclasses.asdict(p)}))
-    raw, yaml = root / "raw", str(root / "data.yaml")
+    (root / "params").mkdir()
+    (root / "params/data.yaml").write_text(json.dumps({"data": dataclasses.asdict(p)}))
+    raw, yaml = root / "raw", str(root / "params")
     commands = {
         "caption": ["--format", "karpathy", "--annotations", raw / "captions/dataset_coco.json"],
         "vqa": ["--format", "vqav2", "--questions", *sorted((raw / "vqa").glob("*_questions.json")),

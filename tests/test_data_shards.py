@@ -18,7 +18,7 @@ from narvl.data.vqa import answer_score, soft_scores
 from narvl.errors import NarvlError
 from tests.fixtures.data import make
 
-PARAMS = Path("params/data.yaml")
+PARAMS = Path("params")  # the parameter folder that --params takes
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
 
@@ -35,7 +35,7 @@ def image_size_of(jpg: bytes) -> tuple[int, int]:
     return Image.open(io.BytesIO(jpg)).size
 
 
-LONGEST = params.load(PARAMS).shard.image_size
+LONGEST = params.load_stage(PARAMS, "data").shard.image_size
 
 
 # ----------------------------------------------------------------------------------------------------- karpathy
@@ -128,7 +128,7 @@ def test_vqav2_question_without_annotation_names_file_and_record(raw, tmp_path):
     qpath = tmp_path / "q.json"
     qpath.write_text(json.dumps(q))
     with pytest.raises(NarvlError, match=r"q\.json: questions\[2\] \(question_id 42999\): no annotation"):
-        from narvl.data.readers import read_vqav2
+        from narvl.tasks.vqa import read_vqav2
 
         read_vqav2([qpath], [raw / "vqa/v2_mscoco_val2014_annotations.json"], raw / "images")
 
@@ -180,7 +180,7 @@ def test_refer_missing_key_names_file_and_record(raw, tmp_path):
     bad = tmp_path / "refs(unc).p"
     bad.write_bytes(pickle.dumps(refs, protocol=2))
     with pytest.raises(NarvlError, match=r"refs\(unc\)\.p: refs\[1\] \(ref_id 7572\): missing key 'sentences'"):
-        from narvl.data.readers import read_refer
+        from narvl.tasks.grounding import read_refer
 
         read_refer(bad, raw / "refcoco/instances.json", raw / "images")
 
@@ -199,8 +199,8 @@ def test_same_inputs_give_identical_shard_bytes(raw, tmp_path):
 
 def test_image_worker_processes_give_the_same_bytes(raw, tmp_path):
     """data.shard.workers only changes speed: 2 worker processes write what the main process alone writes."""
-    base = params.load(PARAMS)
-    from narvl.data.readers import read_refer
+    base = params.load_stage(PARAMS, "data")
+    from narvl.tasks.grounding import read_refer
     from narvl.data.shard import write_shards
 
     images = tmp_path / "images"
@@ -250,7 +250,7 @@ def test_malformed_json_stops_and_leaves_no_output(raw, tmp_path):
                  "--out", out) == 2
     bad.write_text('{"images": [')
     with pytest.raises(NarvlError, match=r"dataset_coco\.json: not valid JSON"):
-        from narvl.data.readers import read_karpathy
+        from narvl.tasks.caption import read_karpathy
 
         read_karpathy(bad, raw / "images")
     assert list(tmp_path.iterdir()) == [bad]
@@ -262,8 +262,8 @@ def test_failure_midway_leaves_no_partial_shards(raw, tmp_path):
     rows = [[str(i), "1", "a caption", "", make.b64(jpg)] for i in range(5)] + [["5", "1", "too few columns"]]
     tsv = make.ofa_tsv(tmp_path / "caption_train.tsv", rows)
     out = tmp_path / "out" / "caption"
-    p = dataclasses.replace(params.load(PARAMS), shard=dataclasses.replace(params.load(PARAMS).shard,
-                                                                           samples_per_shard=2))
+    base = params.load_stage(PARAMS, "data")
+    p = dataclasses.replace(base, shard=dataclasses.replace(base.shard, samples_per_shard=2))
     from narvl.data.readers import read_ofa_tsv
     from narvl.data.shard import write_shards
 

@@ -74,14 +74,14 @@ def test_tokenizer_command_trains_on_the_train_split_of_shard_folders(tmp_path):
     raw = tmp_path / "raw"
     make.karpathy(raw)
     qs, ans = make.vqav2(raw)
-    base = ["shard", "--params", "params/data.yaml"]
+    base = ["shard", "--params", "params"]
     assert cli_main([*base, "--task", "caption", "--format", "karpathy", "--annotations",
                      str(raw / "captions/dataset_coco.json"), "--images", str(raw / "images"),
                      "--out", str(tmp_path / "caption")]) == 0
     assert cli_main([*base, "--task", "vqa", "--format", "vqav2", "--questions", *map(str, qs), "--annotations",
                      *map(str, ans), "--images", str(raw / "images"), "--out", str(tmp_path / "vqa")]) == 0
     out = tmp_path / "tokenizer.json"
-    assert cli_main(["tokenizer", "--params", "params/data.yaml", "--shards", str(tmp_path / "caption"),
+    assert cli_main(["tokenizer", "--params", "params", "--shards", str(tmp_path / "caption"),
                      str(tmp_path / "vqa"), "--out", str(out)]) == 0
     tok = Tokenizer.load(out)
     assert tok.num_bins == params.load("params/data.yaml").tokenizer.num_bins and tok.blank_id == 4
@@ -108,7 +108,7 @@ def test_from_gpt2_tiny_vocab_and_merges(tmp_path):
     assert tok.vocab_size == 5 + 8 + len(vocab)
     assert tok.box_to_tokens([0, 0, 10, 10], 10) == [5, 5, 12, 12]
     out = tmp_path / "tokenizer.json"
-    assert cli_main(["tokenizer", "--params", "params/data.yaml", "--gpt2", str(tmp_path / "vocab.json"),
+    assert cli_main(["tokenizer", "--params", "params", "--gpt2", str(tmp_path / "vocab.json"),
                      str(tmp_path / "merges.txt"), "--out", str(out)]) == 0
     converted = Tokenizer.load(out)
     bins = params.load("params/data.yaml").tokenizer.num_bins
@@ -116,3 +116,29 @@ def test_from_gpt2_tiny_vocab_and_merges(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\nĠ a\nx y\n", encoding="utf-8")
     with pytest.raises(NarvlError, match=r"merges\.txt: line 3: token 'x' is not in"):
         Tokenizer.from_gpt2(tmp_path / "vocab.json", tmp_path / "merges.txt", num_bins=8)
+
+
+def test_a_tokenizer_embeds_in_a_model_file_reference(tok, tmp_path):
+    """Tokenizer.embed: the file's exact text under its path and sha256; Tokenizer.embedded reads it back, refuses
+    text that does not hash to the recorded sha256, and says None for references that carry no tokenizer."""
+    import hashlib
+
+    path = tmp_path / "tok.json"
+    tok.save(path)
+    ref = Tokenizer.embed(path)
+    assert ref == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                   "json": path.read_text(encoding="utf-8")}
+    back = Tokenizer.embedded(json.loads(json.dumps(ref)), "model.pt")  # survives being stored as plain data
+    assert back.vocab_size == tok.vocab_size and back.num_bins == tok.num_bins
+    assert back.encode("a man riding a horse") == tok.encode("a man riding a horse")
+    assert back.to_str() == tok.to_str()
+    damaged = dict(ref, json=ref["json"].replace("horse", "house"))
+    with pytest.raises(NarvlError, match=r"model\.pt: the embedded tokenizer's sha256 .* is not the recorded"):
+        Tokenizer.embedded(damaged, "model.pt")
+    assert Tokenizer.embedded({"path": str(path), "sha256": ref["sha256"]}, "model.pt") is None
+    assert Tokenizer.embedded(None, "model.pt") is None
+    (tmp_path / "bad.json").write_text('{"not": "a tokenizer"}')
+    with pytest.raises(NarvlError, match=r"bad\.json: not a tokenizer"):
+        Tokenizer.embed(tmp_path / "bad.json")
+    with pytest.raises(NarvlError, match=r"gone\.json: no such tokenizer file"):
+        Tokenizer.embed(tmp_path / "gone.json")

@@ -4,6 +4,7 @@ decoding path give the references back (so coordinates, detokenisation and ids a
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def world(tmp_path_factory):
     qfiles, afiles = make.vqav2(raw)
     refs, instances = make.refer(raw)
     shards = root / "shards"
-    base = ["shard", "--params", "params/data.yaml", "--images", str(raw / "images")]
+    base = ["shard", "--params", "params", "--images", str(raw / "images")]
     assert cli_main(base + ["--task", "caption", "--format", "karpathy", "--annotations",
                             str(raw / "captions" / "dataset_coco.json"), "--out", str(shards / "caption")]) == 0
     assert cli_main(base + ["--task", "vqa", "--format", "vqav2", "--questions", *map(str, qfiles),
@@ -39,7 +40,7 @@ def world(tmp_path_factory):
     assert cli_main(base + ["--task", "grounding", "--format", "refer", "--refs", str(refs), "--instances",
                             str(instances), "--out", str(shards / "grounding")]) == 0
     tok_path = shards / "tokenizer.json"
-    assert cli_main(["tokenizer", "--params", "params/data.yaml", "--shards", str(shards / "caption"),
+    assert cli_main(["tokenizer", "--params", "params", "--shards", str(shards / "caption"),
                      str(shards / "vqa"), "--out", str(tok_path)]) == 0  # the grounding fixture has no train split
     tok = Tokenizer.load(tok_path)
     # COCO caption references of the test split, from the Karpathy file (what the pipeline scores against)
@@ -68,13 +69,13 @@ def world(tmp_path_factory):
 
 
 def decode(world, task, kind, decoder, out):
-    return cli_main(["decode", "--params", "params/decode.yaml", "--model", str(world["models"][task, kind]),
+    return cli_main(["decode", "--params", "params", "--model", str(world["models"][task, kind]),
                      "--shards", str(world["shards"] / task), "--split", SPLIT[task], "--tokenizer",
                      str(world["tok_path"]), "--decoder", decoder, "--out", str(out)])
 
 
 def score(world, task, preds, out):
-    args = ["score", task, "--params", "params/score.yaml", "--predictions", str(preds), "--out", str(out)]
+    args = ["score", task, "--params", "params", "--predictions", str(preds), "--out", str(out)]
     if task == "caption":
         args += ["--references", str(world["caption_refs"])]
     elif task == "vqa":
@@ -104,9 +105,10 @@ def test_random_models_decode_into_files_the_scorer_accepts(world, task, kind, d
     assert side["model_sha256"] == hashlib.sha256(world["models"][task, kind].read_bytes()).hexdigest()
     metrics = tmp_path / f"m-{task}.json"
     if task == "caption":  # METEOR's Java start is the slow part; the fixture test covers it
-        (tmp_path / "score.yaml").write_text(Path("params/score.yaml").read_text().replace("meteor: true",
-                                                                                          "meteor: false"))
-        rc = cli_main(["score", "caption", "--params", str(tmp_path / "score.yaml"), "--references",
+        shutil.copytree("params", tmp_path / "params", ignore=shutil.ignore_patterns("real"))
+        score_yaml = tmp_path / "params/score.yaml"
+        score_yaml.write_text(score_yaml.read_text().replace("meteor: true", "meteor: false"))
+        rc = cli_main(["score", "caption", "--params", str(tmp_path / "params"), "--references",
                        str(world["caption_refs"]), "--predictions", str(preds), "--out", str(metrics)])
     else:
         rc = score(world, task, preds, metrics)
@@ -148,7 +150,7 @@ def test_oracle_predictions_score_perfectly(world, task, kind, decoder, tmp_path
     records, texts = [], []
     for batch in loader:
         oracle.targets = [t[:n].tolist() for t, n in zip(batch["tgt_tokens"], batch["tgt_lengths"])]
-        preds = run.predict_batch(oracle, batch, task, tok, decoder, DECODE)
+        preds = run.predict_batch(oracle, batch, task, tok, decoder, DECODE, max_len=params.ar_max_len(DATA, task))
         records += [run.record(task, m, p) for m, p in zip(batch["meta"], preds)]
         texts += [(m["target"], p) for m, p in zip(batch["meta"], preds)]
         if task == "grounding":
@@ -202,7 +204,7 @@ def test_wrong_tokenizer_and_task_mismatch_are_errors(world, tmp_path):
 def run_args(world, task, kind, out, tokenizer=None):
     import argparse
 
-    return argparse.Namespace(params=Path("params/decode.yaml"), model=world["models"][task, kind],
+    return argparse.Namespace(params=Path("params"), model=world["models"][task, kind],
                               shards=world["shards"] / task, split=SPLIT[task],
                               tokenizer=tokenizer or world["tok_path"], decoder="greedy", out=out)
 
@@ -212,7 +214,7 @@ def test_blank_images_decode_the_blind_baseline(world, tmp_path):
     from narvl import model as narvl_model
 
     preds = tmp_path / "vqa-val-blind.json"
-    assert cli_main(["decode", "--params", "params/decode.yaml", "--model", str(world["models"]["vqa", "ar"]),
+    assert cli_main(["decode", "--params", "params", "--model", str(world["models"]["vqa", "ar"]),
                      "--shards", str(world["shards"] / "vqa"), "--split", SPLIT["vqa"], "--tokenizer",
                      str(world["tok_path"]), "--decoder", "greedy", "--out", str(preds), "--blank-images"]) == 0
     side = json.loads(run.sidecar_path(preds).read_text())
@@ -222,11 +224,12 @@ def test_blank_images_decode_the_blind_baseline(world, tmp_path):
     for batch in eval_loader(world["shards"] / "vqa", SPLIT["vqa"], world["tok"], DATA, "vqa", 4, 0, 1):
         batch["images"] = torch.zeros_like(batch["images"])
         with torch.inference_mode():
-            answers = run.predict_batch(model, batch, "vqa", world["tok"], "greedy", DECODE)
+            answers = run.predict_batch(model, batch, "vqa", world["tok"], "greedy", DECODE,
+                                        max_len=params.ar_max_len(DATA, "vqa"))
         expected += [run.record("vqa", m, a) for m, a in zip(batch["meta"], answers)]
     assert json.loads(preds.read_text()) == expected
     metrics = tmp_path / "m.json"
-    assert cli_main(["score", "vqa", "--params", "params/score.yaml", "--questions", str(world["qfiles"][1]),
+    assert cli_main(["score", "vqa", "--params", "params", "--questions", str(world["qfiles"][1]),
                      "--annotations", str(world["afiles"][1]), "--predictions", str(preds), "--out", str(metrics),
                      "--model", "baseline-blind", "--decoder", "greedy", "--split", SPLIT["vqa"]]) == 0
     assert json.loads(metrics.read_text())["model"] == "baseline-blind"

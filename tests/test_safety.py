@@ -42,7 +42,7 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 def karpathy_args(raw_dir: Path, out) -> list[str]:
-    return ["shard", "--params", str(ROOT / "params/data.yaml"), "--task", "caption", "--format", "karpathy",
+    return ["shard", "--params", str(ROOT / "params"), "--task", "caption", "--format", "karpathy",
             "--annotations", str(raw_dir / "captions/dataset_coco.json"), "--images", str(raw_dir / "images"),
             "--out", str(out)]
 
@@ -110,7 +110,7 @@ def test_score_grounding_refuses_a_refs_pickle_that_runs_code(tmp_path, capsys):
     evil.write_bytes(pickle.dumps([{"split": "val", "ref_id": 1, "x": make.Planted(marker)}], protocol=2))
     (tmp_path / "instances.json").write_text(json.dumps({"annotations": []}))
     (tmp_path / "p.json").write_text("[]")
-    assert cli_main(["score", "grounding", "--params", str(ROOT / "params/score.yaml"), "--refs", str(evil),
+    assert cli_main(["score", "grounding", "--params", str(ROOT / "params"), "--refs", str(evil),
                      "--instances", str(tmp_path / "instances.json"), "--split", "val",
                      "--predictions", str(tmp_path / "p.json"), "--out", str(tmp_path / "m.json")]) == 2
     assert "evil.p: not a readable refs pickle" in capsys.readouterr().err
@@ -324,7 +324,7 @@ def test_leftovers_of_a_killed_shard_are_removed_by_the_next_run_and_only_those(
     jpg = make.b64(make.jpeg_bytes(1, (64, 48)))  # 5000 rows to decode: slow enough to be killed halfway
     tsv = make.ofa_tsv(tmp_path / "caption_train.tsv", [[str(i), "1", "a caption", "", jpg] for i in range(5000)])
     out = tmp_path / "shards" / "caption"
-    proc = subprocess.Popen([sys.executable, "-m", "narvl", "shard", "--params", str(ROOT / "params/data.yaml"),
+    proc = subprocess.Popen([sys.executable, "-m", "narvl", "shard", "--params", str(ROOT / "params"),
                              "--task", "caption", "--format", "ofa-tsv", "--tsv", f"train={tsv}", "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -346,7 +346,7 @@ def test_leftovers_of_a_killed_shard_are_removed_by_the_next_run_and_only_those(
 
 def test_vqav2_duplicate_question_id_is_an_error(raw, tmp_path):  # noqa: F811
     """A question_id given twice was written twice into the shard (exit 0)."""
-    from narvl.data.readers import read_vqav2
+    from narvl.tasks.vqa import read_vqav2
 
     q = json.loads((raw / "vqa/v2_OpenEnded_mscoco_val2014_questions.json").read_text())
     q["questions"].append(dict(q["questions"][0]))
@@ -359,7 +359,7 @@ def test_vqav2_duplicate_question_id_is_an_error(raw, tmp_path):  # noqa: F811
 
 def test_vqav2_annotation_without_question_is_an_error(raw, tmp_path):  # noqa: F811
     """An annotation with no question was ignored silently."""
-    from narvl.data.readers import read_vqav2
+    from narvl.tasks.vqa import read_vqav2
 
     a = json.loads((raw / "vqa/v2_mscoco_val2014_annotations.json").read_text())
     a["annotations"].append(dict(a["annotations"][0], question_id=777))
@@ -375,7 +375,7 @@ def test_empty_train_tsv_is_an_error(tmp_path, capsys):
     jpg = make.b64(make.jpeg_bytes(1, (64, 48)))
     train = make.ofa_tsv(tmp_path / "caption_train.tsv", [])
     val = make.ofa_tsv(tmp_path / "caption_val.tsv", [["1", "1", "a caption", "", jpg]])
-    assert cli_main(["shard", "--params", str(ROOT / "params/data.yaml"), "--task", "caption", "--format", "ofa-tsv",
+    assert cli_main(["shard", "--params", str(ROOT / "params"), "--task", "caption", "--format", "ofa-tsv",
                      "--tsv", f"train={train}", f"val={val}", "--out", str(tmp_path / "out")]) == 2
     assert f"{train}: no rows: the caption TSV file for split 'train' is empty" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -400,18 +400,49 @@ def test_bad_params_values_name_the_file_and_key(tmp_path, edit, message):
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
 
 
-def test_params_folder_for_a_file_and_file_for_a_folder(raw, world, tmp_path, capsys):  # noqa: F811
-    """`--params` given a folder to shard/decode gave IsADirectoryError; the other way round as bad."""
-    assert cli_main(["shard", "--params", str(ROOT / "params"), *karpathy_args(raw, tmp_path / "o")[3:]]) == 2
-    assert f"{ROOT / 'params'}: is a folder; this option takes the parameter file" in capsys.readouterr().err
-    args = ["decode", "--params", str(ROOT / "params"), "--model", str(world["models"]["caption", "nar"]),
-            "--shards", str(world["shards"] / "caption"), "--split", "test", "--tokenizer", str(world["tok_path"]),
-            "--decoder", "greedy", "--out", str(tmp_path / "p.json")]
-    assert cli_main(args) == 2
-    assert "is a folder; this option takes the parameter file" in capsys.readouterr().err
-    assert cli_main(["distill", "--params", str(ROOT / "params/decode.yaml"), "--model", "m.pt", "--shards", "s",
-                     "--tokenizer", "t.json", "--out", str(tmp_path / "kd")]) == 2
-    assert "is a file; this option takes the parameter folder" in capsys.readouterr().err
+def test_params_folder_for_a_file_and_file_for_a_folder(raw, tmp_path, capsys):  # noqa: F811
+    """`--params` was a file for shard/decode/score (decode then read data.yaml beside it) and a folder for train:
+    now it is the parameter folder everywhere. A file is refused by name before anything is read or written."""
+    out = tmp_path / "out"
+    shards, tok, model = str(tmp_path / "shards"), str(tmp_path / "t.json"), str(tmp_path / "m.pt")
+    commands = {
+        "data.yaml": [
+            ["synth", "--out", str(out)],
+            karpathy_args(raw, out)[:1] + karpathy_args(raw, out)[3:],
+            ["tokenizer", "--shards", shards, "--out", str(out)],
+            ["preview", "--shards", shards, "--split", "train", "--tokenizer", tok, "--out", str(out)],
+            ["bench", "data", "--shards", shards, "--tokenizer", tok, "--out", str(out)],
+        ],
+        "decode.yaml": [
+            ["decode", "--model", model, "--shards", shards, "--split", "test", "--tokenizer", tok,
+             "--decoder", "greedy", "--out", str(out)],
+            ["distill", "--model", model, "--shards", shards, "--tokenizer", tok, "--out", str(out)],
+        ],
+        "score.yaml": [
+            ["score", "caption", "--references", str(tmp_path / "r.json"), "--predictions", str(tmp_path / "p.json"),
+             "--out", str(out)],
+            ["baselines", "caption-constant", "--split", "test", "--train-captions", str(tmp_path / "c.json"),
+             "--references", str(tmp_path / "r.json"), "--predictions", str(tmp_path / "p.json"), "--out", str(out)],
+        ],
+    }
+    for name, argvs in commands.items():
+        file = ROOT / "params" / name
+        for argv in argvs:
+            cut = 2 if argv[0] in ("score", "baselines", "bench") else 1  # after the (sub)command's name
+            assert cli_main([*argv[:cut], "--params", str(file), *argv[cut:]]) == 2, argv
+            err = capsys.readouterr().err
+            assert f"{file}: --params takes the parameter folder (e.g. {ROOT / 'params'}/), not a file" in err, \
+                (argv, err)
+            assert sorted(p.name for p in tmp_path.iterdir()) == [], argv  # nothing written
+    # a folder without the stage file a command reads: the missing file is named
+    empty = tmp_path / "params"
+    empty.mkdir()
+    assert cli_main(karpathy_args(raw, out)[:1] + ["--params", str(empty)] + karpathy_args(raw, out)[3:]) == 2
+    assert f"{empty / 'data.yaml'}: no such parameter file" in capsys.readouterr().err
+    assert cli_main(["score", "caption", "--params", str(empty), "--references", str(tmp_path / "r.json"),
+                     "--predictions", str(tmp_path / "p.json"), "--out", str(out)]) == 2
+    assert f"{empty / 'score.yaml'}: no such parameter file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params"]
 
 
 def test_scorer_out_that_is_a_folder(tmp_path, capsys):
@@ -419,7 +450,7 @@ def test_scorer_out_that_is_a_folder(tmp_path, capsys):
         {"image_id": 1, "id": 1, "caption": "a cat"}]}))
     (tmp_path / "p.json").write_text(json.dumps([{"image_id": 1, "caption": "a cat"}]))
     (tmp_path / "metrics").mkdir()
-    assert cli_main(["score", "caption", "--params", str(ROOT / "params/score.yaml"), "--references",
+    assert cli_main(["score", "caption", "--params", str(ROOT / "params"), "--references",
                      str(tmp_path / "refs.json"), "--predictions", str(tmp_path / "p.json"),
                      "--out", str(tmp_path / "metrics")]) == 2
     assert f"{tmp_path / 'metrics'}: is a folder, but this output is a file" in capsys.readouterr().err
@@ -448,7 +479,7 @@ def test_full_disk_while_sharding_is_a_narvl_error(raw, tmp_path, monkeypatch, c
 def test_decode_with_a_model_of_another_task(world, tmp_path, capsys):  # noqa: F811
     """A caption model on VQA shards exited 0 with caption records."""
     out = tmp_path / "p.json"
-    assert cli_main(["decode", "--params", str(ROOT / "params/decode.yaml"), "--model",
+    assert cli_main(["decode", "--params", str(ROOT / "params"), "--model",
                      str(world["models"]["caption", "nar"]), "--shards", str(world["shards"] / "vqa"), "--split",
                      SPLIT["vqa"], "--tokenizer", str(world["tok_path"]), "--decoder", "greedy",
                      "--out", str(out)]) == 2

@@ -29,7 +29,7 @@ def score_params(**changes):
 def full_run(tmp_path_factory):
     """The whole command on the demo files, once (PTB tokenizer and METEOR in Java: ~20 s)."""
     out = tmp_path_factory.mktemp("caption") / "caption-val-ar-greedy.json"
-    rc = cli_main(["score", "caption", "--params", "params/score.yaml", "--references", str(REFS),
+    rc = cli_main(["score", "caption", "--params", "params", "--references", str(REFS),
                    "--predictions", str(RESULTS), "--out", str(out)])
     assert rc == 0
     return json.loads(out.read_text())
@@ -164,7 +164,7 @@ def test_not_json_is_an_error_through_the_cli(tmp_path, small, capsys):
     refs, _, _ = small
     bad = tmp_path / "p.json"
     bad.write_text('[{"image_id": 1, "caption": "a"},')
-    rc = cli_main(["score", "caption", "--params", "params/score.yaml", "--references", str(refs),
+    rc = cli_main(["score", "caption", "--params", "params", "--references", str(refs),
                    "--predictions", str(bad), "--out", str(tmp_path / "m.json")])
     assert rc == 2
     assert "p.json: not valid JSON" in capsys.readouterr().err

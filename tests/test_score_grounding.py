@@ -78,7 +78,7 @@ def test_refer_references_and_per_sentence_predictions(tmp_path):
         {"ref_id": 2, "box": [50.5, 10, 70.5, 28]},                   # ref with one sentence: 0.9, hit
     ])
     out = tmp_path / "m.json"
-    rc = cli_main(["score", "grounding", "--params", "params/score.yaml", "--refs", str(refs), "--instances", str(inst),
+    rc = cli_main(["score", "grounding", "--params", "params", "--refs", str(refs), "--instances", str(inst),
                    "--split", "val", "--predictions", str(preds), "--out", str(out)])
     assert rc == 0
     m = json.loads(out.read_text())
@@ -145,7 +145,7 @@ def test_shard_references_with_sample_ids(tmp_path):
     preds = _preds(tmp_path, [{"sample_id": "val_00000000", "ref_id": 1, "sent_id": 101, "box": [10, 20, 40, 60]},
                               {"sample_id": "val_00000001", "box": [0, 0, 5, 5]}])
     out = tmp_path / "grounding-val-ar-beam.json"
-    rc = cli_main(["score", "grounding", "--params", "params/score.yaml", "--references", str(folder),
+    rc = cli_main(["score", "grounding", "--params", "params", "--references", str(folder),
                    "--split", "val", "--predictions", str(preds), "--out", str(out)])
     assert rc == 0
     m = json.loads(out.read_text())
@@ -166,7 +166,7 @@ def test_provenance_reads_the_decode_sidecar_and_hashes_inputs(tmp_path):
             "predictions_sha256": hashlib.sha256(preds.read_bytes()).hexdigest()}
     (tmp_path / "grounding-val-nar-greedy.meta.json").write_text(json.dumps(meta))
     out = tmp_path / "out.json"
-    assert cli_main(["score", "grounding", "--params", "params/score.yaml", "--refs", str(refs), "--instances",
+    assert cli_main(["score", "grounding", "--params", "params", "--refs", str(refs), "--instances",
                      str(inst), "--split", "val", "--predictions", str(preds), "--out", str(out)]) == 0
     prov = json.loads(out.read_text())["provenance"]
     assert prov["decode"] == meta
@@ -175,7 +175,7 @@ def test_provenance_reads_the_decode_sidecar_and_hashes_inputs(tmp_path):
     # an explicit --provenance wins; the cell comes from the predictions' name when --out has none
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"step": 7}))
-    assert cli_main(["score", "grounding", "--params", "params/score.yaml", "--refs", str(refs), "--instances",
+    assert cli_main(["score", "grounding", "--params", "params", "--refs", str(refs), "--instances",
                      str(inst), "--split", "val", "--predictions", str(preds), "--out", str(out),
                      "--provenance", str(other)]) == 0
     m = json.loads(out.read_text())

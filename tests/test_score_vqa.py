@@ -71,7 +71,7 @@ def _files(tmp_path, cases, answer_types=None, drop=(), extra=()):
 
 
 def run_cli(paths, out, *extra):
-    return cli_main(["score", "vqa", "--params", "params/score.yaml", "--questions", str(paths["q"]),
+    return cli_main(["score", "vqa", "--params", "params", "--questions", str(paths["q"]),
                      "--annotations", str(paths["a"]), "--predictions", str(paths["p"]), "--out", str(out), *extra])
 
 

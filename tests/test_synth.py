@@ -455,9 +455,27 @@ def test_default_language_is_right_throughout(default_repo):
     assert set(kinds) == {"colour", "shape", "count", "exists", "relation"} and sum(kinds.values()) == 3 * default_params().train_images
 
 
+def text_only_baseline(raw_dir: Path) -> dict:
+    """VQA accuracy (in [0, 1]) on val2014 of answering every question with the most common training answer of
+    its question type (`narvl baselines vqa-majority`'s rule), scored per question with the official accuracy."""
+    from narvl.eval.baselines import vqa_majority
+    from narvl.eval.vqa import question_accuracy
+
+    vqa = Path(raw_dir) / "vqa"
+    val = json.loads((vqa / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
+    preds, _ = vqa_majority(vqa / "v2_mscoco_train2014_annotations.json", val)
+    per_type: dict[str, list[float]] = {}
+    for a, pred in zip(val, preds):
+        per_type.setdefault(a["answer_type"], []).append(question_accuracy(pred["answer"],
+                                                                           [x["answer"] for x in a["answers"]]))
+    scores = [s for v in per_type.values() for s in v]
+    return {"accuracy": sum(scores) / len(scores), "questions": len(scores),
+            "per_answer_type": {t: sum(v) / len(v) for t, v in sorted(per_type.items())}}
+
+
 @pytest.mark.slow
 def test_text_only_baseline_is_low_on_the_default(default_repo):
-    result = synth.text_only_baseline(default_repo / "data" / "raw")
+    result = text_only_baseline(default_repo / "data" / "raw")
     assert result["questions"] == 3 * (40 + 100 + 100)  # val2014: restval, val and test images
     # per-question-type majority answers: far below what a model that looks at the scene can reach
     assert 0.25 < result["accuracy"] < 0.45
@@ -466,20 +484,22 @@ def test_text_only_baseline_is_low_on_the_default(default_repo):
 
 # ---------------------------------------------------------------------------------------------------------- CLI
 def write_params(tmp_path: Path, p: params.SynthParams) -> Path:
+    """A parameter folder (what --params takes) whose data.yaml has the synth section `p`."""
     import yaml
 
     doc = yaml.safe_load(Path("params/data.yaml").read_text())
     doc["data"]["synth"] = dataclasses.asdict(p)
-    path = tmp_path / "data.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    folder = tmp_path / "params"
+    folder.mkdir()
+    (folder / "data.yaml").write_text(yaml.safe_dump(doc))
+    return folder
 
 
 def test_cli_writes_the_dataset(tmp_path):
     out = tmp_path / "raw"
     assert cli_main(["synth", "--params", str(write_params(tmp_path, small_params())), "--out", str(out)]) == 0
     assert (out / "refcoco" / "refs(unc).p").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.yaml", "raw"]  # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params", "raw"]  # no temporary left behind
 
 
 def test_cli_refuses_a_non_empty_output_and_leaves_it_alone(tmp_path, capsys):
@@ -500,9 +520,10 @@ def test_cli_reports_an_output_that_cannot_be_created(tmp_path, capsys):
 
 
 def test_cli_rejects_a_mistyped_key(tmp_path, capsys):
-    path = write_params(tmp_path, small_params())
+    folder = write_params(tmp_path, small_params())
+    path = folder / "data.yaml"
     path.write_text(path.read_text().replace("train_images:", "train_imgs:"))
-    assert cli_main(["synth", "--params", str(path), "--out", str(tmp_path / "raw")]) == 2
+    assert cli_main(["synth", "--params", str(folder), "--out", str(tmp_path / "raw")]) == 2
     assert "data.synth.train_imgs: unknown key (did you mean 'train_images'?)" in capsys.readouterr().err
     assert not (tmp_path / "raw").exists()
 
@@ -638,7 +659,7 @@ def test_the_shard_readers_take_every_file_without_skipping(raw, tmp_path):
     }
     for task, args in runs.items():
         out = tmp_path / task
-        assert cli_main(["shard", "--params", "params/data.yaml", "--task", task, *args, "--images", images,
+        assert cli_main(["shard", "--params", "params", "--task", task, *args, "--images", images,
                          "--out", str(out)]) == 0
         sizes = load_json(out / "sizes.json")
         assert {split: v["samples"] for split, v in sizes.items()} == expected[task]

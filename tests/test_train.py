@@ -295,12 +295,14 @@ def test_distill_rewrites_train_targets_with_the_teacher_and_keeps_the_rest(tiny
                 k: v for k, v in a.items() if k != "target"}
 
     # the teacher's beam search, run here independently on the first samples
+    from narvl.params import ar_max_len
+
     model, _ = load(teacher)
     tok = Tokenizer.load(tiny["tokenizer"])
     decode = load_params(tiny["params"] / "decode.yaml")
     data = load_params(tiny["params"] / "data.yaml")
     batch = next(iter(eval_loader(src, "train", tok, data, "caption", 8, 0, 1)))
-    hyps = model.generate(batch["images"], batch["src_tokens"], batch["src_mask"], max_len=decode.max_len["caption"],
+    hyps = model.generate(batch["images"], batch["src_tokens"], batch["src_mask"], max_len=ar_max_len(data, "caption"),
                           beam_size=decode.beam_size, length_penalty=decode.length_penalty)
     for meta, ids in zip(batch["meta"], hyps):
         assert json.loads(new[f"{meta['id']}.json"])["target"] == tok.decode(ids)

@@ -3,6 +3,7 @@ completeness, and the bad-input errors of `narvl train` (raised before any work 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -137,6 +138,84 @@ def test_warmup_cosine_schedule():
     assert f(14) == pytest.approx(0.1) and f(100) == pytest.approx(0.1)
     values = [f(s) for s in range(4, 15)]
     assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def _lr_run(train, total: int):
+    """What build_engine makes, without DeepSpeed: AdamW (two groups) + the LambdaLR of lr_schedule."""
+    import torch
+
+    from narvl.train.engine import lr_schedule
+
+    groups = [{"params": [torch.nn.Parameter(torch.ones(2, 2))]}, {"params": [torch.nn.Parameter(torch.ones(2))]}]
+    opt = torch.optim.AdamW(groups, lr=train.lr)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(train, total))
+
+
+def _lr_steps(opt, scheduler, n: int) -> tuple[list[float], list[float]]:
+    """n optimizer steps as engine.step() takes them -> (LR each step ran at, LR logged after each step)."""
+    ran, logged = [], []
+    for _ in range(n):
+        lrs = {g["lr"] for g in opt.param_groups}
+        assert len(lrs) == 1
+        ran.append(lrs.pop())
+        opt.step()
+        scheduler.step()
+        logged.append(scheduler.get_last_lr()[0])
+    return ran, logged
+
+
+def _lr_resumed(train, total: int, saved):
+    """A new run of `total` steps that loaded a checkpoint, in DeepSpeed's order: optimizer, then scheduler."""
+    opt, scheduler = _lr_run(train, total)
+    opt.load_state_dict(copy.deepcopy(saved[0]))
+    scheduler.load_state_dict(copy.deepcopy(saved[1]))
+    return opt, scheduler
+
+
+def test_resumed_lr_schedule_is_rebuilt_for_the_current_params():
+    """Saved at step 6 of a 10-step run (warm-up 2), resumed with steps: 20. resume_lr_scheduler replaces the
+    restored scheduler (which carries the 10-step schedule) by a new one with the current params' schedule: the LR
+    after each later step k is lr x WarmupCosine(2, 20, 0.1)(k); every LR, and the state the next checkpoint saves,
+    are those of the former in-place patch of the restored lambda. With unchanged params the resumed LRs are
+    bit-identical to an uninterrupted run's."""
+    import dataclasses
+    import warnings
+    from types import SimpleNamespace
+
+    from narvl.train.engine import resume_lr_scheduler
+
+    train = dataclasses.replace(load(ROOT / "params" / "train.yaml"), lr=3e-3, warmup_steps=2, min_lr_ratio=0.1)
+    opt, scheduler = _lr_run(train, 10)
+    _lr_steps(opt, scheduler, 6)
+    saved = copy.deepcopy((opt.state_dict(), scheduler.state_dict()))
+
+    old_opt, old = _lr_resumed(train, 20, saved)  # the code before: patch the restored lambda in place
+    old.lr_lambdas[0].__dict__.update(vars(WarmupCosine(train.warmup_steps, 20, train.min_lr_ratio)))
+    old_ran, old_logged = _lr_steps(old_opt, old, 14)
+
+    new_opt, restored = _lr_resumed(train, 20, saved)
+    engine = SimpleNamespace(lr_scheduler=restored)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "lr_scheduler.step() before optimizer.step()"
+        new = resume_lr_scheduler(engine, train, 20)
+        new_ran, new_logged = _lr_steps(new_opt, new, 14)
+    assert engine.lr_scheduler is new and new is not restored and new.optimizer is new_opt
+    assert restored.lr_lambdas[0].total == 10  # the restored one was replaced, not patched
+
+    f20, f10 = WarmupCosine(2, 20, 0.1), WarmupCosine(2, 10, 0.1)
+    assert new_logged == old_logged == [3e-3 * f20(k) for k in range(7, 21)]
+    # the step right after the checkpoint runs at the LR restored with the optimizer, as before
+    assert new_ran == old_ran == [3e-3 * f10(6)] + [3e-3 * f20(k) for k in range(7, 20)]
+    # the next checkpoint saves the same state, with the current schedule
+    state = new.state_dict()
+    assert state == old.state_dict() and state["last_epoch"] == 20 and state["lr_lambdas"] == [vars(f20)] * 2
+
+    # unchanged params: exactly an uninterrupted 10-step run
+    opt, scheduler = _lr_run(train, 10)
+    ref_ran, ref_logged = _lr_steps(opt, scheduler, 10)
+    opt, restored = _lr_resumed(train, 10, saved)
+    ran, logged = _lr_steps(opt, resume_lr_scheduler(SimpleNamespace(lr_scheduler=restored), train, 10), 4)
+    assert ran == ref_ran[6:] and logged == ref_logged[6:]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints

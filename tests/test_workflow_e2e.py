@@ -147,7 +147,7 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     run("git", "init", "-q", cwd=clone)
     # the tiny data is another version of data/raw: record it in data.dvc, as docs/data-default.md says to
-    run(str(BIN / "python"), "-m", "narvl", "synth", "--params", "params/data.yaml", "--out", "data/raw", cwd=clone)
+    run(str(BIN / "python"), "-m", "narvl", "synth", "--params", "params", "--out", "data/raw", cwd=clone)
     run(str(BIN / "dvc"), "commit", "--force", "--quiet", "data.dvc", cwd=clone)
     shutil.rmtree(clone / "data" / "raw")
     shutil.rmtree(clone / ".dvc" / "cache")

@@ -97,5 +97,5 @@ def make_params(src: Path, dst: Path, **train) -> Path:
     data["data"]["loader"].update(num_workers=0, shuffle_buffer=16, max_source_len=16,
                                   max_target_len={"caption": 6, "vqa": 4, "grounding": 4})
     (dst / "data.yaml").write_text(yaml.safe_dump(data))
-    edit_yaml(dst / "decode.yaml", batch_size=16, beam_size=3, max_len={"caption": 7, "vqa": 5, "grounding": 5})
+    edit_yaml(dst / "decode.yaml", batch_size=16, beam_size=3)
     return dst

@@ -1,10 +1,11 @@
 """Throughput of the training loader: samples/s with 0, 1 and 2 worker processes.
 
-Reads --params (data.loader.bench_micro_batch, bench_batches), the train split of --shards and --tokenizer; times
-bench_batches batches after the first one (worker start-up is reported apart) of the real training pipeline
-(tar reading, shuffle buffer, JPEG decoding, normalisation, tokenization, padding) for one rank, and writes --out
-(JSON). The loader should deliver at least 5x the samples/s that training consumes (`narvl bench train`), so that
-training never waits for data; the ratio is made where both figures are at hand (the report).
+Reads data.yaml of the parameter folder --params (data.loader.bench_micro_batch, bench_batches), the train split of
+--shards and --tokenizer; times bench_batches batches after the first one (worker start-up is reported apart) of the
+real training pipeline (tar reading, shuffle buffer, JPEG decoding, normalisation, tokenization, padding) for one
+rank, and writes --out (JSON). The loader should deliver at least 5x the samples/s that training consumes
+(`narvl bench train`), so that training never waits for data; the ratio is made where both figures are at hand (the
+report).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ WORKERS = (0, 1, 2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", required=True, type=Path, help="params/data.yaml")
+    parser.add_argument("--params", required=True, type=Path, help="parameter folder (data.yaml)")
     parser.add_argument("--shards", required=True, type=Path, help="a shard folder, e.g. data/shards/caption")
     parser.add_argument("--tokenizer", required=True, type=Path, help="data/shards/tokenizer.json")
     parser.add_argument("--out", required=True, type=Path, help="JSON file, e.g. results/bench/data.json")
@@ -54,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     from narvl.errors import NarvlError
     from narvl.io import write_json
 
-    data_params = params_mod.load(args.params, "data")
+    data_params = params_mod.load_stage(args.params, "data")
     tokenizer = Tokenizer.load(args.tokenizer)
     sizes = read_sizes(args.shards)
     if not sizes.get("train", {}).get("shards"):

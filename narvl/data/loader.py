@@ -11,8 +11,8 @@ Every batch is the dict of docs/design.md:
     weights     float32 (B,)          VQA: the soft score of the target answer; otherwise 1
     meta        list[dict]            the samples' json
 
-Targets: caption the caption; VQA the answer with the highest soft score (`target` in the json); grounding the 4
-location tokens of the box, binned over the canvas side S (= max(json size)).
+Targets and weights are the task's (`narvl.tasks`, `Task.target`): the text `target` of the json (VQA: the answer with
+the highest soft score, weighted by it); grounding the 4 location tokens of the box, binned over the canvas side S.
 
 How samples are split across R ranks x W workers (slot s = rank * W + worker, of R * W slots):
 - With at least as many shards as slots, slot s reads shards s, s + RW, ...; with fewer shards every slot reads
@@ -27,12 +27,11 @@ How samples are split across R ranks x W workers (slot s = rank * W + worker, of
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -40,6 +39,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from narvl.data.images import IMAGENET_MEAN, IMAGENET_STD
+from narvl.data.shard_folder import ShardFolder, iter_metas, iter_samples  # noqa: F401 - re-exported
 from narvl.data.tokenizer import Tokenizer
 from narvl.errors import NarvlError
 
@@ -47,42 +47,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # loader workers are f
 
 
 # ------------------------------------------------------------------------------------------------------ reading
-def iter_samples(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
-    """Samples of tar shards in order, via webdataset's tar reader: {"key", "jpg" (bytes), "meta" (dict)}."""
-    from webdataset.tariterators import tarfile_samples
-
-    for shard in shards:
-        for raw in tarfile_samples([{"url": str(shard)}]):
-            key = raw["__key__"]
-            if "json" not in raw or "jpg" not in raw:
-                raise NarvlError(f"{shard}: sample {key} lacks its {'json' if 'json' not in raw else 'jpg'} member")
-            try:
-                meta = json.loads(raw["json"])
-            except json.JSONDecodeError as e:
-                raise NarvlError(f"{shard}: sample {key}: json member is not valid JSON ({e})") from e
-            yield {"key": key, "jpg": raw["jpg"], "meta": meta}
-
-
-def iter_metas(shards: Iterable[Path]) -> Iterator[dict[str, Any]]:
-    """The json member of every sample of tar shards, in order, without reading the images (tarfile seeks over
-    them): what a pass over the targets alone needs (the candidate answers of narvl.decode.constrained)."""
-    import tarfile
-
-    for shard in shards:
-        try:
-            with tarfile.open(shard, "r:") as tar:
-                for member in tar:
-                    if not member.name.endswith(".json"):
-                        continue
-                    f = tar.extractfile(member)
-                    try:
-                        yield json.loads(f.read() if f is not None else b"")
-                    except json.JSONDecodeError as e:
-                        raise NarvlError(f"{shard}: {member.name}: not valid JSON ({e})") from e
-        except (tarfile.TarError, OSError) as e:
-            raise NarvlError(f"{shard}: cannot read this shard as a tar file ({e})") from e
-
-
 def decode_jpeg_array(data: bytes) -> np.ndarray:
     """uint8 (h, w, 3)."""
     with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
@@ -99,7 +63,10 @@ class Collator:
     """Samples -> the batch dict (see the module docstring)."""
 
     def __init__(self, tokenizer: Tokenizer, task: str, canvas: int, max_source_len: int, max_target_len: int):
+        from narvl import tasks
+
         self.tok, self.task, self.canvas = tokenizer, task, canvas
+        self.spec = tasks.get(task)
         self.max_source_len, self.max_target_len = max_source_len, max_target_len
         # (x / 255 - mean) / std  ==  x * scale + bias, per channel
         self.scale = (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32).reshape(3, 1, 1)
@@ -110,11 +77,7 @@ class Collator:
         return [self.tok.bos_id, *ids, self.tok.eos_id]
 
     def target(self, meta: dict) -> tuple[list[int], float]:
-        if self.task == "grounding":
-            return self.tok.box_to_tokens(meta["box"], max(meta["size"])), 1.0
-        ids = self.tok.encode(meta["target"])[: self.max_target_len]
-        weight = float(meta["scores"].get(meta["target"], 0.0)) if self.task == "vqa" else 1.0
-        return ids, weight
+        return self.spec.target(meta, self.tok, self.max_target_len)
 
     def images(self, samples: list[dict]) -> torch.Tensor:
         """(B, 3, S, S): each image at the top left, normalised; the padding is 0.
@@ -230,19 +193,8 @@ class Loader:
 
 
 def _split_shards(shard_dir: Path, split: str) -> tuple[list[Path], int]:
-    from narvl.data.shard_folder import read_sizes
-
-    sizes = read_sizes(shard_dir)
-    if split not in sizes:
-        raise NarvlError(f"{Path(shard_dir) / 'sizes.json'}: no split '{split}' (has {', '.join(sorted(sizes))})")
-    entry = sizes[split]
-    shards = [Path(shard_dir) / name for name in entry["shards"]]
-    missing = [str(s) for s in shards if not s.is_file()]
-    if missing:
-        raise NarvlError(f"{shard_dir}: shards listed in sizes.json are missing: {', '.join(missing)}")
-    if not shards:
-        raise NarvlError(f"{Path(shard_dir) / 'sizes.json'}: split '{split}' has no samples")
-    return shards, int(entry["samples"])
+    folder = ShardFolder(shard_dir)
+    return folder.shards(split), folder.samples_count(split)
 
 
 def _collator(tokenizer: Tokenizer, data_params, task: str) -> Collator:

@@ -1,11 +1,11 @@
 """Render a PNG grid of samples from a shard folder, as the model sees them.
 
-Reads the first 12 samples of --split in --shards (sizes.json and tars) and the --tokenizer; with --params
-(params/data.yaml) prompts and targets are truncated and images placed on the loader's square canvas exactly as in
-training, without it the canvas is the largest image and nothing is truncated. Each panel shows the normalised image
-turned back into pixels, the prompt and the target decoded from the token ids the model receives (VQA: also the
-answers' soft scores and the loss weight; grounding: the box recovered from the 4 location tokens in green over the
-sample's pixel box in red). Writes --out (PNG).
+Reads the first 12 samples of --split in --shards (sizes.json and tars) and the --tokenizer; with --params (the
+parameter folder: its data.yaml) prompts and targets are truncated and images placed on the loader's square canvas
+exactly as in training, without it the canvas is the largest image and nothing is truncated. Each panel shows the
+normalised image turned back into pixels, the prompt and the target decoded from the token ids the model receives
+(VQA: also the answers' soft scores and the loss weight; grounding: the box recovered from the 4 location tokens in
+green over the sample's pixel box in red). Writes --out (PNG).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", required=True, type=Path, help="a shard folder, e.g. data/shards/grounding")
     parser.add_argument("--split", required=True, help="split name in sizes.json, e.g. train")
     parser.add_argument("--tokenizer", required=True, type=Path, help="data/shards/tokenizer.json")
-    parser.add_argument("--params", type=Path, help="params/data.yaml: truncate and pad as the loader does")
+    parser.add_argument("--params", type=Path, help="parameter folder (data.yaml): truncate and pad as the loader does")
     parser.add_argument("--out", required=True, type=Path, help="PNG file")
 
 
@@ -36,16 +36,18 @@ def render(shard_dir: Path, split: str, tokenizer, data_params, out: Path) -> in
     import torch
 
     from narvl.data.images import IMAGENET_MEAN, IMAGENET_STD
-    from narvl.data.loader import Collator, _split_shards, iter_samples
+    from narvl import tasks
+    from narvl.data.loader import Collator
+    from narvl.data.shard_folder import ShardFolder
     from narvl.io import atomic_path
 
-    shards, _ = _split_shards(shard_dir, split)
     samples = []
-    for sample in iter_samples(shards):
+    for sample in ShardFolder(shard_dir).samples(split):
         samples.append(sample)
         if len(samples) == COUNT:
             break
     task = samples[0]["meta"]["task"]
+    spec = tasks.get(task)
     if data_params is not None:
         lp = data_params.loader
         collate = Collator(tokenizer, task, data_params.shard.image_size[task], lp.max_source_len,
@@ -67,7 +69,7 @@ def render(shard_dir: Path, split: str, tokenizer, data_params, out: Path) -> in
         src = batch["src_tokens"][i][~batch["src_mask"][i]].tolist()
         tgt = batch["tgt_tokens"][i, : int(batch["tgt_lengths"][i])].tolist()
         lines = [f"{meta['id']} (image {meta['image_id']})", f"Q: {tokenizer.decode(src)}"]
-        if task == "grounding":
+        if not spec.text_targets:  # location tokens: the box and its binned target drawn
             size = max(meta["size"])
             box = tokenizer.tokens_to_box(tgt, size)
             x0, y0, x1, y1 = meta["box"]
@@ -79,13 +81,8 @@ def render(shard_dir: Path, split: str, tokenizer, data_params, out: Path) -> in
             names = " ".join(tokenizer.id_to_token(t) for t in tgt)
             lines.append(f"A: {names}")
         else:
-            lines.append(f"A: {tokenizer.decode(tgt)}")
-            if task == "vqa":
-                top = sorted(meta["scores"].items(), key=lambda kv: -kv[1])[:3]
-                lines.append("scores: " + ", ".join(f"{a} {s:.2f}" for a, s in top)
-                             + f"; weight {float(batch['weights'][i]):.2f}")
-            elif len(meta.get("references", [])) > 1:
-                lines.append(f"+{len(meta['references']) - 1} more references")
+            lines.append(f"A: {tokenizer.decode(tgt)} (weight {float(batch['weights'][i]):.2f})")
+            lines += [line for line in spec.gallery_lines(meta) if not line.startswith(("Q: ", "ref: "))]
         ax.set_title("\n".join(textwrap.fill(line, 44) for line in lines), fontsize=8, loc="left")
     fig.suptitle(f"{shard_dir} [{split}]: the first {len(samples)} samples as the model sees them", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (5.0 * rows)))
@@ -99,11 +96,11 @@ def main(args: argparse.Namespace) -> int:
     from narvl import params as params_mod
     from narvl.data.tokenizer import Tokenizer
 
+    data_params = params_mod.load_stage(args.params, "data") if args.params else None
     tokenizer = Tokenizer.load(args.tokenizer)
-    data_params = params_mod.load(args.params, "data") if args.params else None
     if data_params is not None and data_params.tokenizer.num_bins != tokenizer.num_bins:
-        raise NarvlError(f"{args.tokenizer}: {tokenizer.num_bins} location tokens, but {args.params} says "
-                         f"data.tokenizer.num_bins {data_params.tokenizer.num_bins}")
+        raise NarvlError(f"{args.tokenizer}: {tokenizer.num_bins} location tokens, but {args.params / 'data.yaml'} "
+                         f"says data.tokenizer.num_bins {data_params.tokenizer.num_bins}")
     n = render(args.shards, args.split, tokenizer, data_params, args.out)
     print(f"{args.out}: {n} samples of {args.shards} [{args.split}]")
     return 0

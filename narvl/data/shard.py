@@ -1,10 +1,12 @@
 """Read a dataset in its real format into webdataset shards.
 
-Reads (by --format):
+Reads (by --format; the readers live with their tasks, narvl/tasks/):
   karpathy  --annotations dataset_coco.json --images IMAGES         (caption; train+restval -> train)
   vqav2     --questions Q.json... --annotations A.json... --images IMAGES   (vqa; train2014 -> train, val2014 -> val)
   refer     --refs "refs(unc).p" --instances instances.json --images IMAGES  (grounding; the refs' splits)
+  snli-ve   --annotations snli_ve_{train,dev,test}.jsonl --images flickr30k-images   (entailment; split from name)
   ofa-tsv   --tsv SPLIT=FILE.tsv ...                                 (any task; OFA's column layouts, base64 images)
+Reads data.yaml (data.shard, data.tokenizer.num_bins) from the parameter folder --params.
 Writes OUT/<task>-<split>-%06d.tar (webdataset: <key>.jpg resized so the longest side is
 data.shard.image_size[task], <key>.json the sample fields of docs/design.md) and OUT/sizes.json. The folder appears
 only when complete; identical inputs give identical bytes. A missing or corrupt image skips its sample (counted,
@@ -14,6 +16,7 @@ listed in sizes.json and printed); a malformed file or record stops with an erro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -25,31 +28,31 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 from webdataset.writer import TarWriter
 
-from narvl import params as params_mod
+from narvl import params as params_mod, tasks
 from narvl.data import images as imglib
-from narvl.data.readers import Record, read_karpathy, read_ofa_tsv, read_refer, read_vqav2
+from narvl.data.readers import Record, read_ofa_tsv
+from narvl.data.sample import Sample
 from narvl.data.shard_folder import check_key_part
-from narvl.data.tokenizer import bins_string, box_to_bins
 from narvl.errors import NarvlError
 from narvl.io import atomic_path, check_output, write_json
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"karpathy": "caption", "vqav2": "vqa", "refer": "grounding", "ofa-tsv": None}
+FORMATS = {**{fmt: task.name for task in tasks.all_tasks() for fmt in task.formats}, "ofa-tsv": None}
 MTIME = 0  # fixed tar member times, owner and mode: identical inputs give identical shard bytes
 SKIPPED_SHOWN = 20
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", required=True, type=Path, help="params/data.yaml")
+    parser.add_argument("--params", required=True, type=Path, help="parameter folder (data.yaml)")
     parser.add_argument("--task", required=True, choices=params_mod.TASKS)
     parser.add_argument("--format", required=True, choices=list(FORMATS))
     parser.add_argument("--annotations", nargs="+", type=Path,
-                        help="karpathy: dataset_coco.json; vqav2: the annotation files")
+                        help="karpathy: dataset_coco.json; vqav2: the annotation files; snli-ve: the jsonl files")
     parser.add_argument("--questions", nargs="+", type=Path, help="vqav2: the question files")
     parser.add_argument("--refs", type=Path, help="refer: refs(unc).p (or umd/google)")
     parser.add_argument("--instances", type=Path, help="refer: COCO instances.json")
-    parser.add_argument("--images", type=Path, help="folder of the COCO images (train2014/, val2014/)")
+    parser.add_argument("--images", type=Path, help="folder of the images (COCO: train2014/, val2014/; Flickr30k)")
     parser.add_argument("--tsv", nargs="+", metavar="SPLIT=FILE", help="ofa-tsv: one file per split")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. data/shards/caption")
 
@@ -65,7 +68,7 @@ class _SplitWriter:
         self._file = None
         self._tar: TarWriter | None = None
 
-    def write(self, jpg: bytes, meta: dict) -> None:
+    def write(self, jpg: bytes, sample: Sample) -> None:
         if self.count % self.per_shard == 0:
             self.close()
             name = f"{self.task}-{self.split}-{len(self.shards):06d}.tar"
@@ -74,7 +77,7 @@ class _SplitWriter:
             self._tar = TarWriter(self._file, user="narvl", group="narvl", mode=0o444, mtime=MTIME,
                                   encoder=False, format="USTAR_FORMAT")
         key = f"{self.split}_{self.count:08d}"
-        meta = {**meta, "id": key}
+        meta = dataclasses.replace(sample, id=key).to_json()
         self._tar.write({"__key__": key, "jpg": jpg,
                          "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")})
         self.count += 1
@@ -135,6 +138,7 @@ def write_shards(records: Iterable[Record], task: str, data_params, out: Path, t
     OUT may be new, empty, or an earlier output of narvl (narvl.io.atomic_path); it must not hold any of `inputs`.
     """
     shard_params = data_params.shard
+    spec = tasks.get(task)
     if task not in shard_params.image_size:
         raise NarvlError(f"data.shard.image_size has no entry for task '{task}'")
     longest = shard_params.image_size[task]
@@ -153,13 +157,10 @@ def write_shards(records: Iterable[Record], task: str, data_params, out: Path, t
                     writer.skipped.append(rec.source_id)
                     continue
                 jpg, orig_size, size = image
-                meta = dict(task=task, split=rec.split, image_id=rec.image_id, orig_size=list(orig_size),
-                            size=list(size), **rec.fields)
-                if task == "grounding":
-                    box = [round(c, 3) for c in imglib.scale_box(meta["orig_box"], orig_size, size)]
-                    meta["box"] = box
-                    meta["target"] = bins_string(box_to_bins(box, max(size), num_bins))
-                writer.write(jpg, meta)
+                fields = dict(spec.shard_fields(rec.fields, orig_size, size, num_bins))
+                writer.write(jpg, Sample(id="", task=task, split=rec.split, image_id=rec.image_id,
+                                         orig_size=tuple(orig_size), size=tuple(size), prompt=fields.pop("prompt"),
+                                         target=fields.pop("target"), fields=fields))
         finally:
             for writer in writers.values():
                 writer.close()
@@ -183,27 +184,18 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    data_params = params_mod.load(args.params, "data")
-    inputs = [args.params, *(args.annotations or ()), *(args.questions or ()), args.refs, args.instances,
+    data_params = params_mod.load_stage(args.params, "data")
+    inputs = [args.params / "data.yaml", *(args.annotations or ()), *(args.questions or ()), args.refs, args.instances,
               args.images, *(Path(spec.partition("=")[2]) for spec in args.tsv or ())]
     check_output(args.out, is_dir=True, inputs=inputs)  # before reading anything: a refused --out costs nothing
     expected = FORMATS[args.format]
     if expected is not None and expected != args.task:
         raise NarvlError(f"--format {args.format} holds {expected} data, not --task {args.task}")
     total = None
-    if args.format == "karpathy":
-        _need(args, "annotations", "images")
-        if len(args.annotations) != 1:
-            raise NarvlError("--format karpathy takes one --annotations file (dataset_coco.json)")
-        records = read_karpathy(args.annotations[0], args.images)
-        total = len(records)
-    elif args.format == "vqav2":
-        _need(args, "questions", "annotations", "images")
-        records = read_vqav2(sorted(args.questions), sorted(args.annotations), args.images)
-        total = len(records)
-    elif args.format == "refer":
-        _need(args, "refs", "instances", "images")
-        records = read_refer(args.refs, args.instances, args.images)
+    if args.format != "ofa-tsv":
+        spec = tasks.get(expected)
+        _need(args, *spec.formats[args.format])
+        records = spec.read(args.format, args)
         total = len(records)
     else:
         _need(args, "tsv")

@@ -1,7 +1,7 @@
 """Generate the embedded default dataset: rendered scenes of coloured shapes, in the real datasets' file formats.
 
-Reads the `data.synth` section of --params (seed, sizes) and writes the folder --out (which must not exist or be
-empty), built under a temporary sibling name and renamed when complete:
+Reads the `data.synth` section of data.yaml in the parameter folder --params (seed, sizes) and writes the folder
+--out (which must not exist or be empty), built under a temporary sibling name and renamed when complete:
 
   images/train2014/COCO_train2014_%012d.jpg     training images (Karpathy train, VQA train2014, all of RefCOCO)
   images/val2014/COCO_val2014_%012d.jpg         Karpathy restval/val/test images (VQA val2014)
@@ -334,40 +334,14 @@ def generate(p: SynthParams, out: str | Path) -> dict[str, int]:
     return counts
 
 
-# ------------------------------------------------------------------------------------------ text-only baseline
-def text_only_baseline(raw_dir: str | Path) -> dict[str, Any]:
-    """VQA accuracy (in [0, 1]) on val2014 of answering every question with the most common training answer of
-    its question type: what a model that ignores the image can reach from the question type alone. Scored with
-    the official per-question accuracy (`narvl.eval.vqa.question_accuracy`: min(#humans/3, 1) over the ten
-    leave-one-out subsets, after the official answer normalisation)."""
-    from narvl.eval.baselines import vqa_majority
-    from narvl.eval.vqa import question_accuracy
-
-    vqa = Path(raw_dir) / "vqa"
-    val = json.loads((vqa / "v2_mscoco_val2014_annotations.json").read_text())["annotations"]
-    preds, extra = vqa_majority(vqa / "v2_mscoco_train2014_annotations.json", val)
-    per_type: dict[str, list[float]] = {}
-    scores = []
-    for a, pred in zip(val, preds):
-        acc = question_accuracy(pred["answer"], [x["answer"] for x in a["answers"]])
-        scores.append(acc)
-        per_type.setdefault(a["answer_type"], []).append(acc)
-    return {
-        "accuracy": sum(scores) / len(scores),
-        "per_answer_type": {t: sum(v) / len(v) for t, v in sorted(per_type.items())},
-        "majority_answer": extra["majority_answer"],
-        "questions": len(scores),
-    }
-
-
 # --------------------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", required=True, help="params/data.yaml (its data.synth section)")
+    parser.add_argument("--params", required=True, help="parameter folder (data.yaml: data.synth)")
     parser.add_argument("--out", required=True, help="output folder, e.g. data/raw (must not exist or be empty)")
 
 
 def main(args: argparse.Namespace) -> int:
-    p = params_mod.load(args.params, "data").synth
+    p = params_mod.load_stage(args.params, "data").synth
     counts = generate(p, args.out)
     log.info("wrote %s: %s", args.out, ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0

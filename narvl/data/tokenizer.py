@@ -1,10 +1,11 @@
 """Train the BPE tokenizer on the training prompts and targets of shard folders.
 
-Reads the `train` split of each --shards folder (its sizes.json and tars) and writes one JSON file (the `tokenizers`
-library's format): a byte-level BPE of data.tokenizer.vocab_size tokens on top of the special tokens
-<pad>=0 <bos>=1 <eos>=2 <unk>=3 <blank>=4 (the CTC blank) and the location tokens <bin_0>..<bin_{B-1}>
-(B = data.tokenizer.num_bins). With --gpt2 VOCAB_JSON MERGES_TXT it converts OFA's GPT-2 BPE instead
-(`Tokenizer.from_gpt2`): its ids shifted after the special and location tokens, no training.
+Reads data.yaml (data.tokenizer) from the parameter folder --params and the `train` split of each --shards folder
+(its sizes.json and tars), and writes one JSON file (the `tokenizers` library's format): a byte-level BPE of
+data.tokenizer.vocab_size tokens on top of the special tokens <pad>=0 <bos>=1 <eos>=2 <unk>=3 <blank>=4 (the CTC
+blank) and the location tokens <bin_0>..<bin_{B-1}> (B = data.tokenizer.num_bins). With --gpt2 VOCAB_JSON
+MERGES_TXT it converts OFA's GPT-2 BPE instead (`Tokenizer.from_gpt2`): its ids shifted after the special and
+location tokens, no training.
 """
 
 from __future__ import annotations
@@ -141,10 +142,52 @@ class Tokenizer:
         return self._tok.to_str()
 
     @classmethod
-    def from_str(cls, text: str) -> "Tokenizer":
+    def from_str(cls, text: str, source: str = "embedded tokenizer") -> "Tokenizer":
         from tokenizers import Tokenizer as HFTokenizer
 
-        return cls(HFTokenizer.from_str(text), "embedded tokenizer")
+        try:
+            tok = HFTokenizer.from_str(text)
+        except Exception as e:  # noqa: BLE001 - the library raises plain Exceptions for bad text
+            raise NarvlError(f"{source}: not a tokenizer ({e})") from e
+        return cls(tok, source)
+
+    # ------------------------------------------------------------------------------------- in a model file
+    @staticmethod
+    def embed(path: str | Path) -> dict[str, str]:
+        """A model file's reference to its tokenizer, carrying the tokenizer itself: {"path", "sha256", "json"},
+        "json" the file's exact text (so its sha256 is the file's). `narvl export` and `narvl import-ofa` store it
+        as the model file's "tokenizer"; `Tokenizer.embedded` reads it back."""
+        import hashlib
+
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as e:
+            raise NarvlError(f"{path}: no such tokenizer file") from e
+        except IsADirectoryError as e:
+            raise NarvlError(f"{path}: is a folder, expected a tokenizer file") from e
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise NarvlError(f"{path}: not a tokenizer file (not UTF-8 text)") from e
+        Tokenizer.from_str(text, str(path))  # refuse to embed something that is not a tokenizer
+        return {"path": str(path), "sha256": hashlib.sha256(data).hexdigest(), "json": text}
+
+    @classmethod
+    def embedded(cls, ref: object, source: str) -> "Tokenizer | None":
+        """The tokenizer a model file carries (its "tokenizer" entry, made by `Tokenizer.embed`), or None when it
+        carries none (files exported before tokenizers were embedded). Text that does not hash to the recorded
+        sha256 is an error naming `source` (the model file)."""
+        import hashlib
+
+        if not isinstance(ref, dict) or not isinstance(ref.get("json"), str):
+            return None
+        text = ref["json"]
+        actual = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if ref.get("sha256") != actual:
+            raise NarvlError(f"{source}: the embedded tokenizer's sha256 {actual[:12]} is not the recorded "
+                             f"{str(ref.get('sha256'))[:12]}: the model file is damaged")
+        return cls.from_str(text, f"{source}: embedded tokenizer")
 
     # ---------------------------------------------------------------------------------------------- ids
     pad_id, bos_id, eos_id, unk_id, blank_id = PAD, BOS, EOS, UNK, BLANK
@@ -211,7 +254,7 @@ def training_texts(shard_dirs: Iterable[Path], split: str = "train") -> Iterator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", required=True, type=Path, help="params/data.yaml")
+    parser.add_argument("--params", required=True, type=Path, help="parameter folder (data.yaml)")
     parser.add_argument("--shards", nargs="+", type=Path, help="shard folders (their train split) to train on")
     parser.add_argument("--gpt2", nargs=2, type=Path, metavar=("VOCAB_JSON", "MERGES_TXT"),
                         help="instead of training: OFA's GPT-2 BPE files (data.tokenizer.num_bins still applies)")
@@ -221,7 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from narvl import params as params_mod
 
-    p = params_mod.load(args.params, "data").tokenizer
+    p = params_mod.load_stage(args.params, "data").tokenizer
     if (args.shards is None) == (args.gpt2 is None):
         raise NarvlError("give either --shards (train a BPE) or --gpt2 VOCAB_JSON MERGES_TXT (use OFA's), not both")
     if args.gpt2 is not None:

@@ -46,12 +46,13 @@ Two modes:
                       file's model name is its folder's name after "<task>-": runs/vqa-nar-kd/model.pt is
                       `nar-kd`); inputs are the first decode.bench_samples samples of the task's first evaluation
                       split (pipeline.eval_splits) read from --shards/<task> with --shards/tokenizer.json; AR generation
-                      stops at EOS (at most decode.max_len[task] tokens): the decoding cost the results table shows.
+                      stops at EOS (at most data.loader.max_target_len[task] + 1 tokens): the decoding cost the
+                      results table shows.
   --preset NAME       randomly initialised AR and NAR models of an architecture preset (cpu/tiny/medium/base/large/huge)
                       sharing one encoder's weights; random images of data.shard.image_size[task] pixels and
                       data.loader.max_source_len prompt tokens; N = model.num_queries[task] and AR generation
-                      forced to exactly decode.max_len[task] tokens (EOS suppressed until the last step), so the
-                      comparison is fair at a fixed output length.
+                      forced to exactly data.loader.max_target_len[task] + 1 tokens (EOS suppressed until the
+                      last step), so the comparison is fair at a fixed output length.
 
 Reads the params folder (model, data, decode, pipeline yaml); writes --out:
     {"mode", "preset", "arch", "parameters", "decode", "inference", "paper_speedup", "targets", "environment",
@@ -73,6 +74,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from narvl import params as P
 from narvl.params import PRESETS
 
 PAPER_SPEEDUP = {"grounding": 2.4, "vqa": 12.7, "caption": 7.2, "entailment": 1.4}
@@ -82,7 +84,7 @@ log = logging.getLogger("narvl.bench.decode")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", required=True, type=Path, help="params folder (model, data, decode, pipeline)")
+    parser.add_argument("--params", required=True, type=Path, help="parameter folder (model.yaml, data.yaml, decode.yaml, pipeline.yaml)")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--models", nargs="+", type=Path, help="exported model files (one AR and NAR files per task)")
     mode.add_argument("--preset", choices=list(PRESETS), help="random models of this preset")
@@ -258,14 +260,14 @@ def _preset_setups(args, prm) -> list[dict[str, Any]]:
         ar = build_model("ar", arch, vocab, n, special).eval()
         ar.encoder.load_state_dict(nar.encoder.state_dict())  # the same encoder for both
         size, s = data.shard.image_size[task], data.loader.max_source_len
-        max_len = prm["decode"].max_len[task]
+        max_len = P.ar_max_len(data, task)
 
         def make_inputs(b, size=size, s=s, vocab=vocab):
             g = torch.Generator().manual_seed(b)
             return [(torch.randn(b, 3, size, size, generator=g), torch.randint(5, vocab, (b, s), generator=g),
                      torch.zeros(b, s, dtype=torch.bool))]
 
-        ar_fns = {d: ar_decoder(d, task, None, prm["decode"], min_len=max_len) for d in ("greedy", "beam")}
+        ar_fns = {d: ar_decoder(d, task, None, prm["decode"], max_len, min_len=max_len) for d in ("greedy", "beam")}
         setups.append({"task": task, "nars": {"nar": nar}, "ar": ar, "inputs": make_inputs, "num_queries": n,
                        "ar_fns": ar_fns, "ar_max_len": max_len, "ar_min_len": max_len, "image_size": size,
                        "source_len": s})
@@ -326,10 +328,11 @@ def _model_setups(args, prm) -> list[dict[str, Any]]:
             return [tuple(t[i:i + b] for t in pool) for i in range(0, n - b + 1, b)]
 
         decoders = ["greedy", "beam", *prm["pipeline"].ar_decoders.get(task, [])]
-        ar_fns = {d: ar_decoder(d, task, tokenizer, prm["decode"], args.shards / task) for d in decoders}
+        max_len = P.ar_max_len(prm["data"], task)
+        ar_fns = {d: ar_decoder(d, task, tokenizer, prm["decode"], max_len, args.shards / task) for d in decoders}
         setups.append({"task": task, "nars": {n: m for n, m, _ in nars}, "ar": ar, "inputs": make_inputs,
                        "ar_fns": ar_fns,
-                       "num_queries": nars[0][1].num_queries, "ar_max_len": prm["decode"].max_len[task],
+                       "num_queries": nars[0][1].num_queries, "ar_max_len": max_len,
                        "ar_min_len": 0, "split": split, "image_size": int(batch["images"].size(-1)),
                        "source_len": int(batch["src_tokens"].size(1)),
                        "models": {"ar": str(ar_path), **{n: str(p) for n, _, p in nars}}})

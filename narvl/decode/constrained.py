@@ -1,8 +1,8 @@
 """The paper's AR baselines beyond free generation (OFA's inference modes), as decoders of `narvl decode`:
 
-    trie      VQA: beam search (decode.beam_size) whose every step may only continue a candidate answer: OFA's
-              constraint trie over its answer list (`val_inference_type: beamsearch`)
-    allcand   VQA: every candidate answer scored under teacher forcing, the most probable one taken: OFA's
+    trie      VQA, entailment: beam search (decode.beam_size) whose every step may only continue a candidate
+              answer: OFA's constraint trie over its answer list (`val_inference_type: beamsearch`)
+    allcand   VQA, entailment: every candidate answer scored under teacher forcing, the most probable one taken: OFA's
               all-candidate inference (`val_inference_type: allcand`)
     bins      grounding: greedy generation restricted to the <bin> location tokens (and EOS), as OFA decodes boxes
 
@@ -21,32 +21,33 @@ from torch import Tensor
 
 from narvl.errors import NarvlError
 
-AR_DECODERS = {"vqa": ("trie", "allcand"), "grounding": ("bins",)}  # task -> its AR-only decoders
 log = logging.getLogger(__name__)
 
 
 def check_decoder(task: str, kind: str, decoder: str) -> None:
-    """greedy and beam suit every model; the constrained decoders only the AR model of their task."""
+    """greedy and beam suit every model; the constrained decoders only the AR model of a task that has them
+    (`Task.ar_decoders`)."""
+    from narvl import tasks as tasks_mod
+
     if decoder in ("greedy", "beam"):
         return
-    tasks = [t for t, names in AR_DECODERS.items() if decoder in names]
+    tasks = [t.name for t in tasks_mod.all_tasks() if decoder in t.ar_decoders]
     if not tasks:
-        raise NarvlError(f"decoder '{decoder}' is not one of greedy, beam, "
-                         f"{', '.join(d for names in AR_DECODERS.values() for d in names)}")
+        known = sorted({d for t in tasks_mod.all_tasks() for d in t.ar_decoders})
+        raise NarvlError(f"decoder '{decoder}' is not one of greedy, beam, {', '.join(known)}")
     if kind != "ar" or task not in tasks:
         raise NarvlError(f"decoder '{decoder}' decodes {' or '.join(tasks)} with an AR model, "
                          f"not a {task} {kind.upper()} model")
 
 
-def training_answers(shard_dir: Path, top: int, split: str = "train") -> list[str]:
+def training_answers(shard_dir: Path, top: int, split: str = "train", task: str | None = None) -> list[str]:
     """The `top` most frequent `target`s of the split's samples (count descending, then alphabetical)."""
-    from narvl.data.loader import iter_metas
-    from narvl.data.shard_folder import read_sizes
+    from narvl.data.shard_folder import ShardFolder
 
-    sizes = read_sizes(shard_dir, "vqa")
-    if split not in sizes:
+    folder = ShardFolder(shard_dir, task)
+    if split not in folder.sizes:
         raise NarvlError(f"{Path(shard_dir) / 'sizes.json'}: no '{split}' split to take the candidate answers from")
-    counts = Counter(m["target"] for m in iter_metas([Path(shard_dir) / n for n in sizes[split]["shards"]]))
+    counts = Counter(m["target"] for m in folder.metas(split))
     if not counts:
         raise NarvlError(f"{shard_dir}: split '{split}' has no answers")
     return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
@@ -94,13 +95,13 @@ def bin_mask(vocab_size: int, bin_offset: int, num_bins: int) -> Tensor:
     return allowed
 
 
-def ar_decoder(decoder: str, task: str, tokenizer, decode_params, shard_dir: Path | None = None,
-               min_len: int = 0, max_len: int | None = None):
+def ar_decoder(decoder: str, task: str, tokenizer, decode_params, max_len: int, shard_dir: Path | None = None,
+               min_len: int = 0):
     """-> fn(model, images, src_tokens, src_mask) -> token ids per item, for an AR model and any AR decoder
-    (greedy, beam, trie, allcand, bins). trie and allcand read the candidate answers from shard_dir's training
-    split; `max_len` defaults to decode.max_len[task], `min_len` (the benchmark's forced length) to 0."""
+    (greedy, beam, trie, allcand, bins). `max_len`: tokens generated at most, EOS included
+    (`narvl.params.ar_max_len`); trie and allcand read the candidate answers from shard_dir's training split;
+    `min_len` (the benchmark's forced length) defaults to 0."""
     check_decoder(task, "ar", decoder)
-    max_len = decode_params.max_len[task] if max_len is None else max_len
     k, lp = decode_params.beam_size, decode_params.length_penalty
     if decoder in ("greedy", "beam"):
         beam = 1 if decoder == "greedy" else k
@@ -111,14 +112,14 @@ def ar_decoder(decoder: str, task: str, tokenizer, decode_params, shard_dir: Pat
                                                        allowed=allowed)
     if shard_dir is None:
         raise NarvlError(f"decoder '{decoder}' needs the task's shard folder (its training answers)")
-    answers = [ids for ids in (tokenizer.encode(a) for a in training_answers(shard_dir, decode_params.answer_candidates))
-               if ids]
+    top = training_answers(shard_dir, decode_params.answer_candidates, task=task)
+    answers = [ids for ids in (tokenizer.encode(a) for a in top) if ids]
     fit = [ids for ids in answers if len(ids) <= max_len - 1]  # EOS is forced at step max_len - 1
     if len(fit) < len(answers):
-        log.warning("%s: %d of %d candidate answers are longer than decode.max_len.%s - 1 = %d tokens and are left "
-                    "out", shard_dir, len(answers) - len(fit), len(answers), task, max_len - 1)
+        log.warning("%s: %d of %d candidate answers are longer than data.loader.max_target_len.%s = %d tokens and are "
+                    "left out", shard_dir, len(answers) - len(fit), len(answers), task, max_len - 1)
     if not fit:
-        raise NarvlError(f"{shard_dir}: no candidate answer fits decode.max_len.{task} = {max_len}")
+        raise NarvlError(f"{shard_dir}: no candidate answer fits data.loader.max_target_len.{task} = {max_len - 1}")
     answers = fit
     if decoder == "trie":
         trie = AnswerTrie(answers, tokenizer.eos_id, tokenizer.vocab_size)

@@ -1,29 +1,30 @@
 """Decode an evaluation split with an exported model into a predictions file in the official results format.
 
-    narvl decode --params params/decode.yaml --model runs/TASK-MODEL/model.pt --shards data/shards/TASK \\
+    narvl decode --params params --model runs/TASK-MODEL/model.pt --shards data/shards/TASK \\
                  --split SPLIT --tokenizer data/shards/tokenizer.json --decoder DECODER \\
                  --out results/predictions/TASK-SPLIT-MODEL-DECODER.json
 
 Reads: the model file (`narvl export`: kind, task, arch, step, tokenizer reference, weights), the split's shards
-(every sample once, in shard order, through `narvl.data.loader.eval_loader`; the loader settings come from
-`data.yaml` beside `--params`), the tokenizer, and `decode.yaml` (batch size, beam size, length penalty, AR max_len).
+(every sample once, in shard order, through `narvl.data.loader.eval_loader`), the tokenizer, and from the parameter
+folder --params `decode.yaml` (batch size, beam size, length penalty) and `data.yaml` (the loader settings).
 
 Decoding (the model first gets narvl.model.inference.prepare: BatchNorm folded when decode.fold_batchnorm, the
 ResNet in channels_last when decode.channels_last; the same for AR and NAR):
-  AR   `ARModel.generate` (beam_size 1 for greedy, decode.beam_size for beam; decode.max_len[task] tokens at most),
-       or one of OFA's constrained modes (narvl.decode.constrained): `trie` and `allcand` for VQA (over the
-       decode.answer_candidates most frequent training answers), `bins` for grounding.
+  AR   `ARModel.generate` (beam_size 1 for greedy, decode.beam_size for beam; data.loader.max_target_len[task] + 1
+       tokens at most, EOS included),
+       or one of OFA's constrained modes of the task (`Task.ar_decoders`, narvl.decode.constrained): `trie` and
+       `allcand` for VQA and entailment (over the decode.answer_candidates most frequent training answers), `bins`
+       for grounding.
   NAR  `NARModel.forward` -> `narvl.decode.ctc.greedy_decode` on the logits (per-slot argmax, collapse repeats,
        drop blanks) or log-softmax + `beam_search` (CTC prefix beam search, decode.beam_size); output cut at the
        first EOS.
-  Captions and answers are the tokenizer's `decode` of the ids. Grounding takes 4 location tokens
-  (`narvl.decode.ctc.box_tokens`: the first 4 decoded, else for NAR the 4 most confident slots), turns them into a box
-  in resized pixels over the canvas side max(size) (`Tokenizer.tokens_to_box`), then into original pixels by
-  orig_size / size per axis (no clipping, as OFA).
+  The task turns the ids into its prediction (`Task.prediction`): captions and answers are the tokenizer's `decode`
+  of the ids; grounding makes a box in original pixels of 4 location tokens (narvl/tasks/grounding.py).
 
 Writes (atomically):
   --out             caption `[{"image_id", "caption"}]`, VQA `[{"question_id", "answer"}]`, grounding
-                    `[{"ref_id", "sent_id", "sample_id", "box"}]`: exactly what `narvl score` reads
+                    `[{"ref_id", "sent_id", "sample_id", "box"}]`, entailment `[{"pair_id", "answer"}]`
+                    (`Task.record`): exactly what `narvl score` reads
   <out stem>.meta.json  provenance and timing: the sha256 of --out (`narvl score` refuses a sidecar whose hash is
                     not its predictions'), model file, its sha256, kind, task, step, arch hash, tokenizer, decoder
                     settings, split, samples, device, seconds (model + decoding, and wall) and samples/s
@@ -41,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from narvl import __version__
+from narvl import __version__, tasks
 from narvl import params as params_mod
 from narvl.errors import NarvlError
 from narvl.io import file_sha256
@@ -52,13 +53,13 @@ BLIND_MODEL = "baseline-blind"  # model name of a decode with --blank-images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", required=True, type=Path, help="params/decode.yaml (data.yaml is read beside it)")
+    parser.add_argument("--params", required=True, type=Path, help="parameter folder (decode.yaml, data.yaml)")
     parser.add_argument("--model", required=True, type=Path, help="exported model file (narvl export)")
     parser.add_argument("--shards", required=True, type=Path, help="the task's shard folder (sizes.json + tars)")
     parser.add_argument("--split", required=True, help="evaluation split, e.g. test, val, testA")
     parser.add_argument("--tokenizer", required=True, type=Path, help="data/shards/tokenizer.json")
     parser.add_argument("--decoder", required=True, choices=["greedy", "beam", "trie", "allcand", "bins"],
-                        help="greedy, beam (any model); trie, allcand (AR VQA); bins (AR grounding)")
+                        help="greedy, beam (any model); trie, allcand (AR VQA, entailment); bins (AR grounding)")
     parser.add_argument("--out", required=True, type=Path, help="predictions JSON to write")
     parser.add_argument("--blank-images", action="store_true",
                         help="feed every sample an all-zero (mean-colour) image: the blind baseline of a trained model "
@@ -85,13 +86,15 @@ def _check_tokenizer(meta: dict, tokenizer_path: Path, model_path: Path, vocab_s
 
 
 def predict_batch(model, batch: dict[str, Any], task: str, tokenizer, decoder: str, decode_params,
-                  ar_decode=None) -> list[Any]:
+                  ar_decode=None, max_len: int | None = None) -> list[Any]:
     """Predictions (caption/answer text, or a box in ORIGINAL pixels) for one batch, in batch order. `ar_decode`:
-    an AR model's decoding function (narvl.decode.constrained.ar_decoder); made here when not given."""
-    import torch
+    an AR model's decoding function (narvl.decode.constrained.ar_decoder); made here when not given, for greedy
+    and beam, from `max_len` (`narvl.params.ar_max_len`)."""
     import torch.nn.functional as F
 
-    from narvl.decode.ctc import beam_search, box_tokens, greedy_decode
+    from narvl.decode.ctc import beam_search, greedy_decode
+
+    spec = tasks.get(task)
 
     images, src, mask = batch["images"], batch["src_tokens"], batch["src_mask"]
     eos = tokenizer.eos_id
@@ -100,36 +103,26 @@ def predict_batch(model, batch: dict[str, Any], task: str, tokenizer, decoder: s
         if ar_decode is None:
             from narvl.decode.constrained import ar_decoder
 
-            ar_decode = ar_decoder(decoder, task, tokenizer, decode_params)
+            if max_len is None:
+                raise ValueError("predict_batch: an AR model needs ar_decode or max_len")
+            ar_decode = ar_decoder(decoder, task, tokenizer, decode_params, max_len)
         seqs = ar_decode(model, images, src, mask)
     else:
         logits = model(images, src, mask).float()  # (B, N, V)
-        if decoder != "greedy" or task == "grounding":  # beam search and the box fallback need log-probabilities
+        if decoder != "greedy" or spec.slot_logprobs:  # beam search (and grounding's box fallback) need them
             slot_lp = F.log_softmax(logits, dim=-1)
         if decoder == "greedy":  # the per-slot argmax of the logits is that of the log-probabilities
             seqs = greedy_decode(logits, tokenizer.blank_id, eos)
         else:
             seqs = [hyps[0][0] for hyps in beam_search(slot_lp, tokenizer.blank_id, decode_params.beam_size)]
     seqs = [s[:s.index(eos)] if eos in s else s for s in (list(map(int, s)) for s in seqs)]
-    if task != "grounding":
-        return [tokenizer.decode(s) for s in seqs]
-    boxes = []
-    for i, (seq, meta) in enumerate(zip(seqs, batch["meta"])):
-        ids = box_tokens(seq, tokenizer.bin_offset, tokenizer.num_bins,
-                         slot_lp[i] if slot_lp is not None else None)
-        box = tokenizer.tokens_to_box(ids, max(meta["size"]))  # resized pixels on the canvas
-        sx = meta["orig_size"][0] / meta["size"][0]
-        sy = meta["orig_size"][1] / meta["size"][1]
-        boxes.append([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy])
-    return boxes
+    return [spec.prediction(seq, meta, tokenizer, slot_lp[i] if slot_lp is not None else None)
+            for i, (seq, meta) in enumerate(zip(seqs, batch["meta"]))]
 
 
 def record(task: str, meta: dict, pred: Any) -> dict[str, Any]:
-    if task == "caption":
-        return {"image_id": meta["image_id"], "caption": pred}
-    if task == "vqa":
-        return {"question_id": meta["question_id"], "answer": pred}
-    return {"ref_id": meta["ref_id"], "sent_id": meta["sent_id"], "sample_id": meta["id"], "box": pred}
+    """One record of the predictions file (the task's official results format)."""
+    return tasks.get(task).record(meta, pred)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -140,22 +133,21 @@ def main(args: argparse.Namespace) -> int:
     from narvl.data.loader import eval_loader
     from narvl.data.tokenizer import Tokenizer
     from narvl.decode.constrained import ar_decoder, check_decoder
-    from narvl.eval.common import CELL_RE
+    from narvl.cell import CellName
     from narvl.model.inference import prepare
     from narvl.data.shard_folder import read_sizes
     from narvl.io import check_output, json_bytes, write_bytes, write_json
 
-    decode_params = params_mod.load(args.params, "decode")
-    data_params = params_mod.load(args.params.parent / "data.yaml", "data")
+    decode_params = params_mod.load_stage(args.params, "decode")
+    data_params = params_mod.load_stage(args.params, "data")
     model, meta = narvl_model.load(args.model)
     task = meta["task"]
     tokenizer = Tokenizer.load(args.tokenizer)
     _check_tokenizer(meta, args.tokenizer, args.model, tokenizer.vocab_size, meta["vocab_size"])
-    if task not in decode_params.max_len:
-        raise NarvlError(f"{args.params}: decode.max_len has no entry for task '{task}'")
-    cell = CELL_RE.match(args.out.stem)
-    if cell and cell["task"] != task:
-        raise NarvlError(f"{args.out}: the file name says task '{cell['task']}', but {args.model} is a {task} model")
+    max_len = params_mod.ar_max_len(data_params, task)
+    cell = CellName.parse(args.out.stem)
+    if cell and tasks.get(cell.task) is not tasks.get(task):  # the file name's task object is the model's
+        raise NarvlError(f"{args.out}: the file name says task '{cell.task}', but {args.model} is a {task} model")
 
     check_decoder(task, meta["kind"], args.decoder)
     read_sizes(args.shards, task)  # a caption model on VQA shards is an error, not 720 caption records
@@ -163,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     prepare(model, decode_params.fold_batchnorm, decode_params.channels_last).to(device)
-    ar_decode = ar_decoder(args.decoder, task, tokenizer, decode_params, args.shards) if meta["kind"] == "ar" \
+    ar_decode = ar_decoder(args.decoder, task, tokenizer, decode_params, max_len, args.shards) if meta["kind"] == "ar" \
         else None
     loader = eval_loader(args.shards, args.split, tokenizer, data_params, task, decode_params.batch_size, 0, 1)
     records: list[dict[str, Any]] = []
@@ -194,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
     side = {
         "predictions_sha256": hashlib.sha256(predictions).hexdigest(),
         "model_file": str(args.model), "model_sha256": file_sha256(args.model), "kind": meta["kind"], "task": task,
-        "model": BLIND_MODEL if args.blank_images else cell["model"] if cell else meta["kind"],
+        "model": BLIND_MODEL if args.blank_images else cell.model if cell else meta["kind"],
         "blank_images": args.blank_images, "step": meta["step"],
         "arch_hash": hashlib.sha256(json.dumps(meta["arch"], sort_keys=True).encode()).hexdigest()[:12],
         "num_queries": meta["num_queries"], "tokenizer": {"path": str(args.tokenizer),

@@ -1,13 +1,13 @@
 r"""Trivial baselines, scored by the same scorers as the models: what a table row needs to beat.
 
-    narvl baselines vqa-majority      --params params/score.yaml --train-annotations A_TRAIN.json \
+    narvl baselines vqa-majority      --params params --train-annotations A_TRAIN.json \
                                       --questions Q.json --annotations A.json --split val \
                                       --predictions P.json --out M.json
-    narvl baselines grounding-random  --params params/score.yaml --refs "refs(unc).p" --instances instances.json \
+    narvl baselines grounding-random  --params params --refs "refs(unc).p" --instances instances.json \
                                       --split val [--seed 0] --predictions P.json --out M.json
-    narvl baselines grounding-largest --params params/score.yaml --refs "refs(unc).p" --instances instances.json \
+    narvl baselines grounding-largest --params params --refs "refs(unc).p" --instances instances.json \
                                       --split val --predictions P.json --out M.json
-    narvl baselines caption-constant  --params params/score.yaml --train-captions dataset_coco.json \
+    narvl baselines caption-constant  --params params --train-captions dataset_coco.json \
                                       --references captions_karpathy_test.json --split test \
                                       --predictions P.json --out M.json
 
@@ -21,8 +21,9 @@ r"""Trivial baselines, scored by the same scorers as the models: what a table ro
 - caption-constant: every image gets the most frequent training caption (Karpathy train + restval, lower-cased
   tokens joined by spaces; ties: the alphabetically first). Model name `baseline-constant`.
 
-Each writes the predictions file (official results format) and the metrics JSON of `narvl score`, with decoder
-`none` and, in provenance, `baseline` (name, rule, seed, the constant answer or caption).
+Each reads score.yaml of the parameter folder --params and writes the predictions file (official results format)
+and the metrics JSON of `narvl score`, with decoder `none` and, in provenance, `baseline` (name, rule, seed, the
+constant answer or caption).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def constant_caption(train_captions: Path) -> str:
 
 # --------------------------------------------------------------------------------------------------------- CLI
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", required=True, type=Path, help="params/score.yaml")
+    p.add_argument("--params", required=True, type=Path, help="parameter folder (score.yaml)")
     p.add_argument("--split", required=True, help="evaluation split of the cell (val, test, testA, ...)")
     p.add_argument("--predictions", required=True, type=Path, help="predictions JSON to write")
     p.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
@@ -167,7 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    score_params = params_mod.load(args.params, "score")
+    score_params = params_mod.load_stage(args.params, "score")
     args.provenance = None
     info: dict[str, Any] = {"name": MODEL_NAMES[args.baseline], "rule": args.baseline}
     if args.baseline == "vqa-majority":

@@ -9,22 +9,17 @@ stops, `wrong` scores them as wrong answers (an empty caption / answer, no box) 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from narvl import __version__, params as params_mod
+from narvl import __version__, params as params_mod, tasks
+from narvl.cell import CellName
 from narvl.errors import NarvlError
 from narvl.io import file_sha256, read_json
 
 log = logging.getLogger(__name__)
 
-# results/metrics/<task>-<split>-<model>-<decoder>.json (docs/design.md)
-CELL_RE = re.compile(r"^(?P<task>caption|vqa|grounding)-(?P<split>[A-Za-z0-9_]+)"
-                     r"-(?P<model>(?:ar|nar|nar-kd)(?:-seed[0-9]+)?"
-                     r"|baseline-(?:constant|majority|blind|random-object|largest-object))"
-                     r"-(?P<decoder>greedy|beam|trie|allcand|bins|none)$")
 MAX_LISTED = 1000  # ids listed in a metrics file (missing predictions); the count is always exact
 
 
@@ -114,9 +109,9 @@ def cell_from_args(task: str, args: Any) -> dict[str, str | None]:
     """The (task, split, model, decoder) cell: explicit flags win, else parsed from --out, then --predictions."""
     cell: dict[str, str | None] = {"task": task, "split": None, "model": None, "decoder": None}
     for name in (Path(args.out).stem, Path(args.predictions).stem):
-        m = CELL_RE.match(name)
-        if m and m["task"] == task:
-            cell.update(split=m["split"], model=m["model"], decoder=m["decoder"])
+        parsed = CellName.parse(name)
+        if parsed and tasks.get(parsed.task) is tasks.get(task):
+            cell.update(split=parsed.split, model=parsed.model, decoder=parsed.decoder)
             break
     for key in ("split", "model", "decoder"):
         value = getattr(args, key, None)
@@ -132,7 +127,7 @@ def provenance(args: Any, score_params: Any, inputs: dict[str, str | Path]) -> d
     """Where the numbers come from: narvl version, score params hash, input file hashes, and the decode sidecar."""
     prov: dict[str, Any] = {
         "narvl_version": __version__,
-        "score_params": str(args.params),
+        "score_params": str(Path(args.params) / "score.yaml"),
         "score_params_hash": params_mod.digest(score_params),
         "inputs": {name: {"path": str(p), "sha256": file_sha256(p)} for name, p in inputs.items()
                    if p is not None and Path(p).is_file()},

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from narvl.data.readers import load_refs
+from narvl.tasks.grounding import load_refs
 from narvl.errors import NarvlError
 from narvl.eval import common
 from narvl.io import read_json

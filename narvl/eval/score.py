@@ -1,18 +1,23 @@
 r"""Score a predictions file with the official metrics and write one metrics JSON per (task, split, model, decoder).
 
-    narvl score caption   --params params/score.yaml --references REFS.json --predictions P.json --out M.json
-    narvl score vqa       --params params/score.yaml --questions Q.json --annotations A.json \
+    narvl score caption   --params params --references REFS.json --predictions P.json --out M.json
+    narvl score vqa       --params params --questions Q.json --annotations A.json \
                           --predictions P.json --out M.json
-    narvl score grounding --params params/score.yaml --refs "refs(unc).p" --instances instances.json --split S \
+    narvl score grounding --params params --refs "refs(unc).p" --instances instances.json --split S \
                           --predictions P.json --out M.json
-    narvl score grounding --params params/score.yaml --references data/shards/grounding --split S \
+    narvl score grounding --params params --references data/shards/grounding --split S \
+                          --predictions P.json --out M.json
+    narvl score entailment --params params --references snli_ve_dev.jsonl \
                           --predictions P.json --out M.json
 
-Reads: COCO caption annotations + results `[{"image_id", "caption"}]` (pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L,
-CIDEr, SPICE when Stanford CoreNLP is installed, else listed as unavailable with the reason); VQA v2 questions +
-annotations + `[{"question_id", "answer"}]` (official VQA accuracy, overall and per answer type, in percent);
+Reads: score.yaml of the parameter folder --params (metric options); COCO caption annotations + results
+`[{"image_id", "caption"}]` (pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr, SPICE when Stanford CoreNLP is
+installed, else listed as unavailable with the reason); VQA v2 questions + annotations + `[{"question_id",
+"answer"}]` (official VQA accuracy, overall and per answer type, in percent);
 refer-toolkit refs + COCO instances, or grounding shards, + `[{"sent_id" | "sample_id" | "ref_id", "box"}]` in
-original pixels (Acc@0.5, OFA's IoU convention).
+original pixels (Acc@0.5, OFA's IoU convention); SNLI-VE jsonl, or entailment shards, + `[{"pair_id", "answer"}]`
+(accuracy, overall and per gold answer, in percent). Each task (narvl/tasks/) names its references and calls its
+scorer (`Task.add_score_arguments`, `Task.score`).
 
 Writes: `--out` as `{"task", "split", "model", "decoder", "metrics", "headline", "unavailable", "coverage",
 "details", "provenance"}`. The cell is parsed from the file name `<task>-<split>-<model>-<decoder>.json` (--out, else
@@ -34,7 +39,6 @@ import logging
 from pathlib import Path
 
 from narvl import params as params_mod
-from narvl.errors import NarvlError
 from narvl.eval import common
 from narvl.io import check_output, write_json
 
@@ -42,7 +46,7 @@ log = logging.getLogger(__name__)
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", required=True, type=Path, help="params/score.yaml")
+    p.add_argument("--params", required=True, type=Path, help="parameter folder (score.yaml)")
     p.add_argument("--predictions", required=True, type=Path, help="predictions JSON (official results format)")
     p.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
     p.add_argument("--provenance", type=Path, default=None,
@@ -54,57 +58,24 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from narvl import tasks
+
     sub = parser.add_subparsers(dest="task", metavar="TASK", required=True)
-    p = sub.add_parser("caption", help="BLEU, METEOR, ROUGE-L, CIDEr, SPICE (pycocoevalcap)")
-    _common_args(p)
-    p.add_argument("--references", required=True, type=Path, help="COCO caption annotations JSON")
-    p.add_argument("--split", default=None, help="split of the cell (default: from the --out file name)")
-
-    p = sub.add_parser("vqa", help="official VQA accuracy")
-    _common_args(p)
-    p.add_argument("--questions", required=True, type=Path, help="VQA questions JSON")
-    p.add_argument("--annotations", required=True, type=Path, help="VQA annotations JSON")
-    p.add_argument("--split", default=None, help="split of the cell (default: from the --out file name)")
-
-    p = sub.add_parser("grounding", help="Acc@0.5 (IoU as OFA)")
-    _common_args(p)
-    p.add_argument("--split", required=True, help="refer split: val, testA, testB, test")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--refs", type=Path, help='refer toolkit "refs(unc).p" (with --instances)')
-    src.add_argument("--references", type=Path, help="grounding shard folder (sizes.json + tars)")
-    p.add_argument("--instances", type=Path, help="COCO instances.json (with --refs)")
+    for task in tasks.all_tasks():
+        p = sub.add_parser(task.name, help=task.score_help)
+        _common_args(p)
+        task.add_score_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
-    score_params = params_mod.load(args.params, "score")
+    from narvl import tasks
+
+    score_params = params_mod.load_stage(args.params, "score")
     args.model = args.model_name
     inputs = [getattr(args, name, None) for name in ("params", "predictions", "provenance", "references",
                                                       "questions", "annotations", "refs", "instances")]
     check_output(args.out, is_dir=False, inputs=inputs)  # before scoring: a folder or an input as --out is an error
-    if args.task == "caption":
-        from narvl.eval import caption
-
-        result = caption.score(args.references, args.predictions, score_params)
-        inputs = {"references": args.references, "predictions": args.predictions}
-    elif args.task == "vqa":
-        from narvl.eval import vqa
-
-        result = vqa.score(args.questions, args.annotations, args.predictions, score_params)
-        inputs = {"questions": args.questions, "annotations": args.annotations, "predictions": args.predictions}
-    else:
-        from narvl.eval import grounding
-
-        if args.refs is not None:
-            if args.instances is None:
-                raise NarvlError("score grounding: --refs needs --instances (the COCO instances.json with the boxes)")
-            items = grounding.load_refer(args.refs, args.instances, args.split)
-            result = grounding.score(items, args.predictions, score_params, str(args.refs))
-            inputs = {"refs": args.refs, "instances": args.instances, "predictions": args.predictions}
-        else:
-            items, entry = grounding.load_shards(args.references, args.split)
-            result = grounding.score(items, args.predictions, score_params, str(args.references), entry)
-            inputs = {"references_sizes": args.references / "sizes.json", "predictions": args.predictions}
-
+    result, inputs = tasks.get(args.task).score(args, score_params)
     cell = common.cell_from_args(args.task, args)
     out = {**cell, **result, "provenance": common.provenance(args, score_params, inputs)}
     out["provenance"]["score_params_values"] = params_mod.to_dict(score_params)

@@ -1,5 +1,7 @@
 """narvl models: the NAR model (N queries + Q-CTC) and the AR baseline over OFA's encoder (OFA's exact architecture).
 
+    ModelIdentity(kind, task, arch, vocab_size, num_queries, special_ids)   what a model is, built in one place:
+                              `.build()` makes the model; run.json and the model file store `.to_dict()`
     build_model(kind, arch, vocab_size, num_queries, special_ids) -> NARModel | ARModel
     save(path, model, meta)   the self-describing fp32 file (`narvl-model-v1`, docs/design.md)
     load(path) -> (model, meta)
@@ -11,6 +13,7 @@ tokenizer and narvl.decode.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,36 @@ FORMAT = "narvl-model-v1"
 KINDS = {"nar": NARModel, "ar": ARModel}
 SPECIAL = ("pad", "bos", "eos", "unk", "blank")
 META_KEYS = ("task", "tokenizer", "step")  # what the caller of save() supplies
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What makes a model: its kind, task, architecture, vocabulary size, NAR query slots and special token ids.
+    `narvl train` makes it (run.json), `narvl export` and `narvl.model.load` rebuild the model from it."""
+
+    kind: str
+    task: str
+    arch: ArchParams
+    vocab_size: int
+    num_queries: int
+    special_ids: dict[str, int]
+
+    def build(self) -> NARModel | ARModel:
+        return build_model(self.kind, self.arch, self.vocab_size, self.num_queries, self.special_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "task": self.task, "arch": dataclasses.asdict(self.arch),
+                "vocab_size": self.vocab_size, "num_queries": self.num_queries, "special_ids": dict(self.special_ids)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> "ModelIdentity":
+        """The identity stored by `to_dict` (a model file, run.json); `where` names the file in errors."""
+        try:
+            return cls(kind=data["kind"], task=data["task"], arch=ArchParams(**data["arch"]),
+                       vocab_size=int(data["vocab_size"]), num_queries=int(data["num_queries"]),
+                       special_ids=dict(data["special_ids"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise NarvlError(f"{where}: incomplete model identity ({type(e).__name__}: {e})") from e
 
 
 def build_model(kind: str, arch: ArchParams, vocab_size: int, num_queries: int,
@@ -55,11 +88,10 @@ def save(path: str | Path, model: NARModel | ARModel, meta: dict[str, Any]) -> N
     model = getattr(model, "module", model)  # unwrap DDP / DeepSpeed engines
     state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
              for k, v in model.state_dict().items()}
-    blob = {
-        "format": FORMAT, "kind": model.kind, "task": meta["task"], "arch": dataclasses.asdict(model.arch),
-        "vocab_size": model.vocab_size, "num_queries": model.num_queries, "special_ids": dict(model.special_ids),
-        "tokenizer": meta["tokenizer"], "step": int(meta["step"]), "state_dict": state,
-    }
+    identity = ModelIdentity(model.kind, meta["task"], model.arch, model.vocab_size, model.num_queries,
+                             dict(model.special_ids))
+    blob = {"format": FORMAT, **identity.to_dict(), "tokenizer": meta["tokenizer"], "step": int(meta["step"]),
+            "state_dict": state}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
 
@@ -74,8 +106,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[NA
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise NarvlError(f"{path}: format is {found!r}, expected '{FORMAT}'")
     try:
-        arch = ArchParams(**blob["arch"])
-        model = build_model(blob["kind"], arch, blob["vocab_size"], blob["num_queries"], blob["special_ids"])
+        model = ModelIdentity.from_dict(blob, str(path)).build()
         model.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, RuntimeError) as e:
         raise NarvlError(f"{path}: inconsistent model file: {e}") from e
@@ -87,4 +118,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ARModel", "NARModel", "build_model", "save", "load", "count_parameters", "FORMAT"]
+__all__ = ["ARModel", "NARModel", "ModelIdentity", "build_model", "save", "load", "count_parameters", "FORMAT"]

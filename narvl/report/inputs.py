@@ -16,26 +16,18 @@ timing (derived, marked `"derived_from": "nar"`).
 from __future__ import annotations
 
 import io
-import json
 import logging
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from narvl.errors import NarvlError
-from narvl.data.shard_folder import read_sizes
-from narvl.eval.common import CELL_RE
+from narvl.data.shard_folder import ShardFolder
+from narvl.cell import BASELINE_DECODER, BASELINES, DECODERS, MODELS, CellName  # noqa: F401 - re-exported
 from narvl.io import read_json
 
 log = logging.getLogger(__name__)
 
-MODELS = ("ar", "nar", "nar-kd")
-# the trivial baselines' rows (narvl baselines, and the AR model fed blank images): what the models must beat
-BASELINES = ("baseline-constant", "baseline-majority", "baseline-blind", "baseline-random-object",
-             "baseline-largest-object")
-DECODERS = ("greedy", "beam", "trie", "allcand", "bins")  # the last three: AR only (narvl.decode.constrained)
-BASELINE_DECODER = "none"  # the decoder name of a baseline computed without a model
 
 
 @dataclass(frozen=True)
@@ -148,33 +140,18 @@ def find_predictions(folder: str | Path | None) -> dict[tuple[str, str, str, str
     if folder is None or not Path(folder).is_dir():
         return found
     for path in sorted(Path(folder).glob("*.json")):
-        m = CELL_RE.match(path.stem)
-        if m:
-            found[(m["task"], m["split"], m["model"], m["decoder"])] = path
+        cell = CellName.parse(path.stem)
+        if cell:
+            found[(cell.task, cell.split, cell.model, cell.decoder)] = path
     return found
 
 
 def shard_samples(shard_dir: str | Path, split: str, limit: int) -> Iterator[tuple[dict, bytes]]:
     """The first `limit` (sample json, jpg bytes) of a split, in shard order."""
-    shard_dir = Path(shard_dir)
-    sizes = read_sizes(shard_dir)  # every shard name checked: none reaches outside the folder
-    if split not in sizes:
-        raise NarvlError(f"{shard_dir / 'sizes.json'}: no split '{split}'")
-    count = 0
-    for name in sizes[split]["shards"]:
-        pending: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard_dir / name) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                pending.setdefault(key, {})[ext] = tar.extractfile(member).read()
-                if "json" in pending[key] and "jpg" in pending[key]:
-                    parts = pending.pop(key)
-                    yield json.loads(parts["json"]), parts["jpg"]
-                    count += 1
-                    if count >= limit:
-                        return
+    for count, sample in enumerate(ShardFolder(shard_dir).samples(split)):
+        if count >= limit:
+            return
+        yield sample["meta"], sample["jpg"]
 
 
 def read_image(data: bytes):

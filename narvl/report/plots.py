@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -16,7 +15,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from narvl.io import atomic_path  # noqa: E402
 from narvl.report.inputs import DECODERS, MODELS, Cell, read_image, shard_samples  # noqa: E402
-from narvl.report.tables import HEADLINE, MODEL_LABEL, TASK_TITLE, _split_order  # noqa: E402
+from narvl import tasks  # noqa: E402
+from narvl.report.tables import MODEL_LABEL, _split_order  # noqa: E402
 
 log = logging.getLogger(__name__)
 COLORS = {"ar": "tab:blue", "nar": "tab:red", "nar-kd": "tab:orange"}
@@ -70,12 +70,12 @@ def latency_vs_batch(bench: list[dict], path: Path) -> Path | None:
 
     device = bench_device(bench)
     bench = [r for r in bench if r["device"] == device and "derived_from" not in r]  # NAR + KD = NAR timing
-    tasks = [t for t in ("caption", "vqa", "grounding") if any(r["task"] == t for r in bench)]
-    if not tasks:
+    shown = [t for t in tasks.NAMES if any(r["task"] == t for r in bench)]
+    if not shown:
         log.warning("the decoding benchmark has no records: %s not written", path)
         return None
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.4 * len(tasks), 3.6), squeeze=False, layout="constrained")
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.4 * len(shown), 3.6), squeeze=False, layout="constrained")
+    for ax, task in zip(axes[0], shown):
         for model in MODELS:
             for decoder in DECODERS:
                 pts = sorted((r["batch_size"], r["ms_per_sample"]) for r in bench
@@ -108,16 +108,20 @@ def quality_vs_speed(cells: list[Cell], bench: list[dict], path: Path) -> Path |
 
     tables_device = bench_device(bench)
     panels = []
-    for task in ("caption", "vqa", "grounding"):
+    by_task: dict[str, list[Cell]] = {}
+    for c in cells:
+        by_task.setdefault(c.task, []).append(c)
+    for task in tasks.NAMES:
+        spec = tasks.get(task)
         b, lat = latency(bench, task)
-        splits = _split_order(task, {c.split for c in cells if c.task == task})
+        splits = _split_order(task, {c.split for c in by_task.get(task, [])})
         pts = []
-        for c in cells:
-            if c.task == task and splits and c.split == splits[0] and (c.model, c.decoder) in lat:
-                value = c.metrics.get(HEADLINE[task])
+        for c in by_task.get(task, []):
+            if c.split == splits[0] and (c.model, c.decoder) in lat:
+                value = c.metrics.get(spec.headline)
                 if value is not None:
-                    pts.append((1000.0 / lat[(c.model, c.decoder)]["ms_per_sample"], value * (100 if task == "caption" else 1),
-                                c.model, c.decoder))
+                    pts.append((1000.0 / lat[(c.model, c.decoder)]["ms_per_sample"],
+                                value * (100 if spec.headline_x100 else 1), c.model, c.decoder))
         if pts:
             panels.append((task, splits[0], b, pts))
     if not panels:
@@ -131,7 +135,8 @@ def quality_vs_speed(cells: list[Cell], bench: list[dict], path: Path) -> Path |
         ax.set_xscale("log")
         _plain_log_axis(ax.xaxis)
         ax.set_xlabel(f"samples/s (batch {b}, {tables_device})")
-        ax.set_ylabel(f"{HEADLINE[task]}{' x100' if task == 'caption' else ' (%)'} ({split})")
+        spec = tasks.get(task)
+        ax.set_ylabel(f"{spec.headline}{' x100' if spec.headline_x100 else ' (%)'} ({split})")
         ax.set_title(task)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -151,39 +156,18 @@ def _pick(preds: dict, task: str, split: str, model: str) -> Path | None:
     return None
 
 
-def _index(task: str, records: list[dict]) -> dict:
-    if task == "caption":
-        return {r["image_id"]: r["caption"] for r in records}
-    if task == "vqa":
-        return {r["question_id"]: r["answer"] for r in records}
-    out = {}
-    for r in records:
-        for key in ("sample_id", "sent_id"):
-            if key in r:
-                out[(key, r[key])] = r["box"]
-    return out
-
-
-def _lookup(task: str, index: dict, sample: dict) -> Any:
-    if task == "caption":
-        return index.get(sample["image_id"])
-    if task == "vqa":
-        return index.get(sample["question_id"])
-    return index.get(("sample_id", sample["id"]), index.get(("sent_id", sample.get("sent_id"))))
-
-
 def gallery(preds: dict, shards: Path | None, path: Path, per_task: int) -> Path | None:
     """Test samples with the reference and the AR / NAR predictions side by side (boxes for grounding)."""
     from narvl.io import read_json
 
     rows = []
-    for task in ("caption", "vqa", "grounding"):
+    for task in tasks.NAMES:
         splits = _split_order(task, {s for (t, s, _, _) in preds if t == task})
         split = next((s for s in splits if _pick(preds, task, s, "ar") or _pick(preds, task, s, "nar")), None)
         if split is None or shards is None or not (shards / task / "sizes.json").is_file():
             continue
         models = [(m, p) for m in MODELS if (p := _pick(preds, task, split, m)) is not None]
-        indexes = {m: _index(task, read_json(p)) for m, p in models}
+        indexes = {m: tasks.get(task).index_predictions(read_json(p)) for m, p in models}
         samples = list(shard_samples(shards / task, split, per_task))
         if samples:
             rows.append((task, split, samples, indexes))
@@ -202,15 +186,10 @@ def gallery(preds: dict, shards: Path | None, path: Path, per_task: int) -> Path
             meta, jpg = samples[c]
             img = read_image(jpg)
             ax.imshow(img)
-            lines = []
-            if task == "caption":
-                lines.append(f"ref: {meta['references'][0] if meta.get('references') else meta.get('target', '')}")
-            elif task == "vqa":
-                lines.append(f"Q: {meta.get('prompt', '')}")
-                lines.append(f"ref: {meta.get('target', '')}")
-            else:
-                lines.append(f"expr: {meta.get('prompt', '')}")
-            if task == "grounding":
+            spec = tasks.get(task)
+            lines = spec.gallery_lines(meta)
+            ref_box = spec.reference_box(meta)  # original pixels; predictions are boxes too
+            if ref_box is not None:
                 sx = meta["size"][0] / meta["orig_size"][0]
                 sy = meta["size"][1] / meta["orig_size"][1]
 
@@ -219,25 +198,23 @@ def gallery(preds: dict, shards: Path | None, path: Path, per_task: int) -> Path
                     ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, ec=color))
                     lines.append(f"{label}: [{', '.join(f'{v:.0f}' for v in box)}]")
 
-                draw(meta["orig_box"], "lime", "ref")
-                for m, index in indexes.items():
-                    box = _lookup(task, index, meta)
-                    if box is not None:
-                        draw(box, COLORS[m], MODEL_LABEL[m])
-                    else:
-                        lines.append(f"{MODEL_LABEL[m]}: (no prediction)")
-            else:
-                for m, index in indexes.items():
-                    pred = _lookup(task, index, meta)
-                    shown = "(no prediction)" if pred is None else (pred if pred.strip() else "(empty)")
-                    lines.append(f"{MODEL_LABEL[m]}: {shown}")
+                draw(ref_box, "lime", "ref")
+            for m, index in indexes.items():
+                pred = spec.lookup(index, meta)
+                if pred is None:
+                    lines.append(f"{MODEL_LABEL[m]}: (no prediction)")
+                elif ref_box is not None:
+                    draw(pred, COLORS[m], MODEL_LABEL[m])
+                else:
+                    lines.append(f"{MODEL_LABEL[m]}: {pred if pred.strip() else '(empty)'}")
             text = "\n".join(textwrap.fill(_printable(line), 38) for line in lines)
             ax.set_title(text, fontsize=7, loc="left")
         axes[r][0].text(-0.08, 0.5, f"{task} ({split})", transform=axes[r][0].transAxes, rotation=90,
                         va="center", ha="right", fontsize=10)
     fig.suptitle("Test predictions: reference vs AR vs NAR" + (" (boxes: ref green, AR blue, NAR red, KD orange)"
-                                                               if any(t == "grounding" for t, *_ in rows) else ""))
+                                                               if any(not tasks.get(t).text_targets for t, *_ in rows)
+                                                               else ""))
     return _save(fig, path)
 
 
-__all__ = ["training_curves", "latency_vs_batch", "quality_vs_speed", "gallery", "TASK_TITLE"]
+__all__ = ["training_curves", "latency_vs_batch", "quality_vs_speed", "gallery"]

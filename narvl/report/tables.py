@@ -17,9 +17,11 @@ import io
 import re
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from narvl import tasks
 from narvl.report.inputs import BASELINE_DECODER, BASELINES, DECODERS, MODELS, Cell
+from narvl.tasks.base import Column, f2 as _f2
 
 MODEL_LABEL = {"ar": "AR (OFA)", "nar": "NAR (NARVL)", "nar-kd": "NAR + KD",
                "baseline-constant": "baseline: constant caption", "baseline-majority": "baseline: majority per type",
@@ -27,40 +29,10 @@ MODEL_LABEL = {"ar": "AR (OFA)", "nar": "NAR (NARVL)", "nar-kd": "NAR + KD",
                "baseline-largest-object": "baseline: largest object"}
 DECODER_LABEL = {"trie": "trie over answers", "allcand": "all answers scored", "bins": "bins only"}
 AR_ONLY = tuple(DECODER_LABEL)
-TASK_TITLE = {"caption": "Image captioning", "vqa": "Visual question answering", "grounding": "Visual grounding"}
-HEADLINE = {"caption": "CIDEr", "vqa": "accuracy", "grounding": "Acc@0.5"}
-
-
-def _x100_1(v: float) -> str:
-    return f"{100 * v:.1f}"
-
-
-def _f2(v: float) -> str:
-    return f"{v:.2f}"
-
-
-@dataclass(frozen=True)
-class Column:
-    split: str
-    metric: str
-    label: str
-    fmt: Callable[[float], str]
 
 
 def task_columns(task: str, splits: list[str]) -> list[Column]:
-    cols: list[Column] = []
-    for split in splits:
-        prefix = f"{split} " if len(splits) > 1 or task == "grounding" else ""
-        if task == "caption":
-            for metric, label in (("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("CIDEr", "CIDEr"), ("SPICE", "SPICE")):
-                cols.append(Column(split, metric, f"{prefix}{label}", _x100_1))
-        elif task == "vqa":
-            for metric, label in (("accuracy", "accuracy"), ("accuracy_yes/no", "yes/no"),
-                                  ("accuracy_number", "number"), ("accuracy_other", "other")):
-                cols.append(Column(split, metric, f"{prefix}{label}", _f2))
-        else:
-            cols.append(Column(split, "Acc@0.5", f"{split} Acc@0.5" if prefix else "Acc@0.5", _f2))
-    return cols
+    return tasks.get(task).columns(splits)
 
 
 SEEDED = re.compile(r"(?P<base>ar|nar|nar-kd)-seed[0-9]+")
@@ -91,9 +63,7 @@ def merge_seeds(cells: list[Cell]) -> list[Cell]:
 
 
 def _split_order(task: str, splits: set[str]) -> list[str]:
-    preferred = {"caption": ["test", "val"], "vqa": ["val", "test-dev", "test"],
-                 "grounding": ["val", "testA", "testB", "test"]}[task]
-    return [s for s in preferred if s in splits] + sorted(splits - set(preferred))
+    return tasks.get(task).ordered_splits(splits)
 
 
 def bench_device(bench: list[dict]) -> str | None:
@@ -143,8 +113,11 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
     tables = []
     device = bench_device(bench)
     cells = merge_seeds(cells)
-    for task in ("caption", "vqa", "grounding"):
-        task_cells = {(c.split, c.model, c.decoder): c for c in cells if c.task == task}
+    by_task: dict[str, dict[tuple[str, str, str], Cell]] = {}
+    for c in cells:
+        by_task.setdefault(c.task, {})[(c.split, c.model, c.decoder)] = c
+    for task in tasks.NAMES:
+        task_cells = by_task.get(task, {})
         b, lat = latency(bench, task)
         if not task_cells and not lat:
             continue
@@ -219,7 +192,7 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
                                        "quantity": f"speedup_vs_ar@{device},batch{b}", "value": up["median"],
                                        "source": "bench"})
                 rows.append(row)
-        scale = {"caption": "scores x100", "vqa": "accuracy in %", "grounding": "Acc@0.5 in %"}[task]
+        scale = tasks.get(task).scale
         threads = sorted({r["threads"] for r in lat.values() if r.get("threads")})
         timing = ("" if b is None else
                   " Latency: `narvl bench decode` (median ms per batch / batch size"
@@ -240,7 +213,7 @@ def build(cells: list[Cell], bench: list[dict], bench_mode: str | None = "models
 def to_markdown(tables: list[Table], level: int = 2) -> str:
     out = []
     for t in tables:
-        out.append(f"{'#' * level} {TASK_TITLE[t.task]}\n")
+        out.append(f"{'#' * level} {tasks.get(t.task).title}\n")
         out.append("| " + " | ".join(t.header) + " |")
         out.append("|" + "|".join(" --- " for _ in t.header) + "|")
         for row in t.rows:

@@ -1,6 +1,7 @@
 """Sequence-level knowledge distillation: rewrite the training targets with an AR teacher's beam-search outputs.
 
-Reads   --params DIR      decode.yaml (beam_size, length_penalty, max_len, batch_size), data.yaml (loader)
+Reads   --params DIR      decode.yaml (beam_size, length_penalty, batch_size), data.yaml (loader; AR length
+                          budget max_target_len + 1)
         --model FILE      the exported AR teacher (runs/TASK-ar/model.pt)
         --shards DIR      the task's shards (sizes.json + <task>-<split>-NNNNNN.tar)
         --tokenizer FILE  tokenizer.json (must be the one the teacher was trained with)
@@ -31,14 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from narvl import params as P
+from narvl import params as P, tasks
 from narvl.errors import NarvlError
 from narvl.io import atomic_path, check_output, file_sha256, write_json
-from narvl.train import checkpoint as ck
 from narvl.train.main import check_shards
 
 log = logging.getLogger("narvl.distill")
-TASKS = ("caption", "vqa")  # grounding targets are boxes, not text: not distilled
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +76,7 @@ def teacher_targets(model, tokenizer, shards: Path, data: P.DataParams, decode: 
             idx = torch.tensor(list(todo.values()))
             with torch.no_grad():
                 hyps = model.generate(batch["images"][idx].to(device), batch["src_tokens"][idx].to(device),
-                                      batch["src_mask"][idx].to(device), max_len=decode.max_len[task],
+                                      batch["src_mask"][idx].to(device), max_len=P.ar_max_len(data, task),
                                       beam_size=decode.beam_size, length_penalty=decode.length_penalty)
             for k, ids in zip(todo, hyps):
                 cache[k] = tokenizer.decode(ids)
@@ -89,11 +88,8 @@ def teacher_targets(model, tokenizer, shards: Path, data: P.DataParams, decode: 
 
 
 def rewrite_meta(meta: dict[str, Any], teacher: str, task: str) -> dict[str, Any]:
-    new = dict(meta, target=teacher, original_target=meta["target"])
-    if task == "vqa":
-        new["original_scores"] = meta["scores"]
-        new["scores"] = {teacher: 1.0}
-    return new
+    """The sample with the teacher's target (`Task.distilled_meta`; VQA also replaces its soft scores)."""
+    return tasks.get(task).distilled_meta(meta, teacher)
 
 
 def rewrite_shard(src: Path, dst: Path, targets: dict[str, str], task: str) -> tuple[int, int]:
@@ -142,14 +138,16 @@ def main(args: argparse.Namespace) -> int:
     task = meta["task"]
     if meta["kind"] != "ar":
         raise NarvlError(f"{args.model}: the teacher must be an AR model, this one is '{meta['kind']}'")
-    if task not in TASKS:
-        raise NarvlError(f"{args.model}: distillation rewrites text targets ({', '.join(TASKS)}); "
-                         f"'{task}' targets are boxes")
-    if task not in decode.max_len:
-        raise NarvlError(f"{params_dir / 'decode.yaml'}: decode.max_len has no entry for '{task}'")
-    if decode.max_len[task] > model.arch.max_target_len:
-        raise NarvlError(f"{params_dir / 'decode.yaml'}: decode.max_len.{task} = {decode.max_len[task]} exceeds "
-                         f"the teacher's max_target_len {model.arch.max_target_len}")
+    if not tasks.get(task).text_targets:
+        text = [t.name for t in tasks.all_tasks() if t.text_targets]
+        raise NarvlError(f"{args.model}: distillation rewrites text targets ({', '.join(text)}); "
+                         f"'{task}' targets are not text")
+    if task not in data.loader.max_target_len:
+        raise NarvlError(f"{params_dir / 'data.yaml'}: data.loader.max_target_len has no entry for '{task}'")
+    if P.ar_max_len(data, task) > model.arch.max_target_len:
+        raise NarvlError(f"{params_dir / 'data.yaml'}: data.loader.max_target_len.{task} = "
+                         f"{data.loader.max_target_len[task]} (+1 for EOS) exceeds the teacher's max_target_len "
+                         f"{model.arch.max_target_len}")
     sizes = check_shards(shards, task, ["train"])
     tokenizer = Tokenizer.load(tok_path)
     expected = (meta.get("tokenizer") or {}).get("sha256")
@@ -183,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
             "teacher": {"path": str(args.model), "sha256": file_sha256(args.model), "step": meta["step"],
                         "task": task},
             "source_shards": str(shards), "beam_size": decode.beam_size, "length_penalty": decode.length_penalty,
-            "max_len": decode.max_len[task], "train_samples": samples, "distinct_inputs": distinct,
+            "max_len": P.ar_max_len(data, task), "train_samples": samples, "distinct_inputs": distinct,
             "targets_changed": changed, "empty_targets": sum(not t.strip() for t in targets.values()),
             "wall_s": round(time.perf_counter() - t0, 3),
         })

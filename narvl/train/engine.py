@@ -2,6 +2,7 @@
 
     build_engine   model (narvl.model.build_model) + torch AdamW (decay / no-decay groups) + warm-up/cosine
                    LambdaLR, wrapped by deepspeed.initialize with the config of narvl.train.config
+    resume_lr_scheduler   after loading a checkpoint: the LambdaLR rebuilt for the current params' schedule
     forward_loss   one micro-batch: NAR -> Q-CTC on the N query slots, AR -> teacher-forced label-smoothed CE;
                    returns (loss, named stats) in float32 whatever the training precision
     validate       loss and greedy exact match on a validation split (the model is in eval mode meanwhile)
@@ -49,12 +50,36 @@ def build_engine(model: nn.Module, train: TrainParams, total_steps: int):
     groups = param_groups(model, train.weight_decay)
     names = [g.pop("names") for g in groups]
     optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.adam_betas), eps=train.adam_eps)
-    schedule = WarmupCosine(train.warmup_steps, total_steps, train.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(train, total_steps))
     config = deepspeed_config(train)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=config)
     return engine, optimizer, scheduler, names, config
+
+
+def lr_schedule(train: TrainParams, total_steps: int) -> WarmupCosine:
+    return WarmupCosine(train.warmup_steps, total_steps, train.min_lr_ratio)
+
+
+def resume_lr_scheduler(engine, train: TrainParams, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Call right after engine.load_checkpoint. The scheduler DeepSpeed restored carries the schedule saved with the
+    checkpoint; it is replaced by a new LambdaLR over the same optimizer with the current params' schedule (e.g. more
+    steps), which engine.step() steps from now on. -> the new scheduler.
+
+    The new scheduler takes the restored one's position (last_epoch, base LRs, step count), so the LR after each
+    later optimizer step k is base LR x schedule(k). The optimizer keeps the LR restored with it for the one step
+    right after the checkpoint (the value the saved run would have used next); with unchanged params all of this is
+    exactly what an uninterrupted run does.
+    """
+    restored = engine.lr_scheduler
+    optimizer = restored.optimizer
+    next_lrs = [group["lr"] for group in optimizer.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(train, total_steps))  # sets the groups' LR
+    scheduler.load_state_dict(dict(restored.state_dict(), lr_lambdas=[None] * len(restored.lr_lambdas)))
+    for group, lr in zip(optimizer.param_groups, next_lrs):
+        group["lr"] = lr
+    engine.lr_scheduler = scheduler
+    return scheduler
 
 
 @dataclass(frozen=True)
@@ -64,7 +89,7 @@ class Objective:
     kind: str  # "nar" | "ar"
     special_ids: dict[str, int]
     label_smoothing: float
-    use_weights: bool  # VQA soft-score weights
+    use_weights: bool = False  # VQA soft-score weights
     loc: LocationTargets | None = None  # distance-aware location targets (grounding)
     slot_targets: bool = False  # NAR: one target per slot (identity alignment) instead of Q-CTC
 

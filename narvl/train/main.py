@@ -32,16 +32,16 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from narvl import params as P
+from narvl import params as P, tasks
 from narvl.errors import NarvlError
 from narvl.io import file_sha256, restricted_torch_loads, write_json
 from narvl.train import checkpoint as ck
 from narvl.train import launch
-from narvl.train.config import WarmupCosine, check_train_params
+from narvl.train.config import check_train_params
 
 log = logging.getLogger("narvl.train")
 
@@ -71,17 +71,13 @@ class Setup:
 
     task: str
     kind: str
-    train: P.TrainParams
-    model: P.ModelParams
+    train: P.TrainParams  # train.task_overrides[task] and --seed applied
     data: P.DataParams
-    arch: P.ArchParams
+    identity: Any  # narvl.model.ModelIdentity: what the model is (kind, task, arch, vocabulary, slots, special ids)
     shards: Path
-    tokenizer_path: Path
     tokenizer: Any
-    special_ids: dict[str, int]
-    num_queries: int
     out: Path
-    run_info: dict[str, Any]
+    run_info: dict[str, Any]  # run.json: the model identity, world size, tokenizer
     params_hash: str
 
     @property
@@ -92,12 +88,15 @@ class Setup:
     def total_steps(self) -> int:
         return self.train.steps[self.task]
 
+    @property
+    def world_size(self) -> int:
+        """The world size the train params were checked for."""
+        return self.run_info["world_size"]
+
 
 def load_params(params_dir: str | Path) -> tuple[P.TrainParams, P.ModelParams, P.DataParams]:
-    d = Path(params_dir)
-    if not d.is_dir():
-        raise NarvlError(f"{d}: no such parameter folder (expected train.yaml, model.yaml, data.yaml in it)")
-    return P.load(d / "train.yaml", "train"), P.load(d / "model.yaml", "model"), P.load(d / "data.yaml", "data")
+    return (P.load_stage(params_dir, "train"), P.load_stage(params_dir, "model"),
+            P.load_stage(params_dir, "data"))
 
 
 def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
@@ -121,8 +120,10 @@ def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
     return sizes
 
 
-def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
-    train, model_params, data = load_params(args.params)
+def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
+            params: tuple[P.TrainParams, P.ModelParams, P.DataParams] | None = None) -> Setup:
+    """Every check of a run with `world_size` ranks; `params`: load_params(args.params) when already loaded."""
+    train, model_params, data = params or load_params(args.params)
     where = f"{Path(args.params) / 'train.yaml'}"
     train = train.for_task(args.task, where)
     if getattr(args, "seed", None) is not None:
@@ -146,10 +147,7 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
     if args.kind == "nar" and num_queries > arch.max_target_len:
         raise NarvlError(f"model.num_queries.{args.task} = {num_queries} exceeds the architecture's max_target_len "
                          f"{arch.max_target_len}")
-    if args.kind == "nar" and args.task == "grounding" and train.grounding_slot_targets and max_tgt + 1 > num_queries:
-        raise NarvlError(f"train.grounding_slot_targets needs a slot per box token and one for EOS: "
-                         f"model.num_queries.grounding = {num_queries} < data.loader.max_target_len.grounding + 1 = "
-                         f"{max_tgt + 1}")
+    tasks.get(args.task).check_train(args.kind, num_queries, max_tgt, train, str(args.params))
     if args.kind == "ar" and max_tgt + 1 > arch.max_target_len:
         raise NarvlError(f"data.loader.max_target_len.{args.task} = {max_tgt} (+1 for EOS) exceeds the "
                          f"architecture's max_target_len {arch.max_target_len}")
@@ -160,15 +158,16 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
     check_shards(shards, args.task, ["train", train.val_split[args.task]])
 
     from narvl.data.tokenizer import Tokenizer
+    from narvl.model import ModelIdentity
 
     tok_path = Path(args.tokenizer)
     tokenizer = Tokenizer.load(tok_path)
     special_ids = {"pad": tokenizer.pad_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id,
                    "unk": tokenizer.unk_id, "blank": tokenizer.blank_id}
     tok_sha = file_sha256(tok_path)
-    identity = {"kind": args.kind, "task": args.task, "arch": dataclasses.asdict(arch),
-                "vocab_size": tokenizer.vocab_size, "num_queries": num_queries, "special_ids": special_ids,
-                "tokenizer_sha256": tok_sha, "init": init}
+    model_identity = ModelIdentity(args.kind, args.task, arch, tokenizer.vocab_size, num_queries, special_ids)
+    # run.json's identity: the model's, and what it was trained from (a checkpoint resumes only the same run)
+    identity = {**model_identity.to_dict(), "tokenizer_sha256": tok_sha, "init": init}
     run_info = {"format": "narvl-run-v1", "identity": identity, "identity_hash": ck.identity_hash(identity),
                 "zero_stage": train.zero_stage, "world_size": world_size, "precision": train.precision,
                 "tokenizer": {"path": str(tok_path), "sha256": tok_sha}}
@@ -178,9 +177,8 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool) -> Setup:
     ck.check_compatible(out / "checkpoints", run_info)
     blob = json.dumps({"train": P.to_dict(train), "model": P.to_dict(model_params), "data": P.to_dict(data),
                        "task": args.task, "kind": args.kind}, sort_keys=True).encode()
-    return Setup(task=args.task, kind=args.kind, train=train, model=model_params, data=data, arch=arch,
-                 shards=shards, tokenizer_path=tok_path, tokenizer=tokenizer, special_ids=special_ids,
-                 num_queries=num_queries, out=out, run_info=run_info,
+    return Setup(task=args.task, kind=args.kind, train=train, data=data, identity=model_identity, shards=shards,
+                 tokenizer=tokenizer, out=out, run_info=run_info,
                  params_hash=hashlib.sha256(blob).hexdigest()[:12])
 
 
@@ -197,9 +195,10 @@ def cuda_available() -> bool:
 def main(args: argparse.Namespace) -> int:
     cuda = cuda_available()
     where = launch.placement()
-    train, _, _ = load_params(args.params)
+    params = load_params(args.params)
+    train = params[0].for_task(args.task, f"{Path(args.params) / 'train.yaml'}")  # a per-task nproc counts
     world = where.world_size if where.mode != "plain" else train.nproc
-    setup = prepare(args, world, cuda)  # every check, before any work
+    setup = prepare(args, world, cuda, params)  # every check, before any work
     if where.mode == "plain" and train.nproc > 1:
         if cuda:
             import torch
@@ -254,17 +253,12 @@ def run(setup: Setup) -> int:
 
 # ---------------------------------------------------------------------------------------------------- training
 def objective(kind: str, task: str, special_ids: dict[str, int], tokenizer, train: P.TrainParams):
-    """The training objective of a (kind, task) from the train params: VQA score weights, and for grounding the
-    distance-aware location targets and (NAR) per-slot targets."""
-    from narvl.loss.location import LocationTargets
+    """The training objective of a (kind, task) from the train params and the task's options
+    (`Task.objective_options`: VQA score weights; grounding's distance-aware location and per-slot targets)."""
     from narvl.train.engine import Objective
 
-    loc = None
-    if task == "grounding" and (train.loc_sigma > 0 or train.loc_l1_weight > 0):
-        loc = LocationTargets(tokenizer.bin_offset, tokenizer.num_bins, train.loc_sigma, train.loc_l1_weight)
     return Objective(kind=kind, special_ids=special_ids, label_smoothing=train.label_smoothing,
-                     use_weights=task == "vqa" and train.vqa_score_weights, loc=loc,
-                     slot_targets=kind == "nar" and task == "grounding" and train.grounding_slot_targets)
+                     **tasks.get(task).objective_options(kind, tokenizer, train))
 
 
 class BatchStream:
@@ -303,206 +297,297 @@ def grad_norm_of(module) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
-class Trainer:
-    def __init__(self, setup: Setup, rank: int, world: int, cuda: bool):
-        self.s, self.rank, self.world, self.cuda = setup, rank, world, cuda
+@dataclass
+class Start:
+    """Where this run starts: afresh, or at the step of the checkpoint it resumes."""
 
-    def fit(self) -> int:  # noqa: C901 - the training loop reads best top to bottom
+    step: int
+    seed: int  # the training stream's seed
+    skip: int  # batches each rank replays to reach the checkpoint's exact data position
+    history: dict[str, float]  # wall_s, infeasible_total, samples_seen of the runs before (the checkpoint's marker)
+
+
+@dataclass
+class Progress:
+    """This run's running totals, for the logs, the checkpoint markers and summary.json."""
+
+    infeasible_total: float = 0.0
+    compute_s: float = 0.0  # time in forward/backward/step only (not validation, logging or checkpoints)
+    window_compute_s: float = 0.0  # the same since the last log step
+    window_steps: int = 0
+    last_terms: dict[str, float] = field(default_factory=dict)  # the last logged train terms, lr, samples/s
+
+
+class Trainer:
+    """One rank's training run. fit() = _build (model, engine, objective), _resume (newest readable complete
+    checkpoint, or a fresh start), _open (ds_config.json, the data stream, tensorboard, progress bar), then _step and
+    _log_and_save until train.steps, then _finish (final validation, summary.json)."""
+
+    def __init__(self, setup: Setup, rank: int, world: int, cuda: bool):
+        self.s, self.train, self.rank, self.world, self.cuda = setup, setup.train, rank, world, cuda
+
+    def fit(self) -> int:
+        self.t_start = time.perf_counter()
+        if self.world != self.s.world_size:  # prepare() checked the train params for this world size
+            raise NarvlError(f"{self.s.out}: this run has {self.world} ranks, but its parameters were checked for "
+                             f"{self.s.world_size}")
+        self._build()
+        self.start = self._resume()
+        self._open()
+        step = self.start.step
+        while step < self.s.total_steps:
+            step, own_norm = self._step(step)
+            self._log_and_save(step, own_norm)
+        self.bar.close()
+        self._finish(step)
+        return 0
+
+    def _is_log_step(self, step: int) -> bool:
+        return step % self.train.log_every == 0 or step == self.s.total_steps
+
+    # ------------------------------------------------------------------------------------------ build, resume
+    def _build(self) -> None:
+        """The model (the same initial weights on every rank; train.init loaded before the engine partitions
+        anything), the DeepSpeed engine and the objective."""
         import numpy as np
         import torch
-        import torch.distributed as dist
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
-        from narvl.data.loader import eval_loader, train_loader
-        from narvl.model import build_model, count_parameters
-        from narvl.train.engine import StatWindow, build_engine, forward_loss, to_device, validate
+        from narvl.train.engine import build_engine
 
-        s, train, rank, world = self.s, self.s.train, self.rank, self.world
-        t_start = time.perf_counter()
-        total = s.total_steps
-        check_train_params(train, s.task, world, self.cuda, f"{s.out}: world size {world}")
-
-        # the same initial weights on every rank
+        s, train = self.s, self.train
         random.seed(train.seed)
         np.random.seed(train.seed)
         torch.manual_seed(train.seed)
-        model = build_model(s.kind, s.arch, s.tokenizer.vocab_size, s.num_queries, s.special_ids)
-        if train.init is not None:  # before the engine partitions anything; a resumed run then loads its checkpoint
+        self.model = s.identity.build()
+        if train.init is not None:  # a resumed run then loads its checkpoint over these weights
             from narvl.train.init import load_init
 
-            log.info("initial weights from %s", load_init(train.init, model, s.tokenizer, train.init_bpe_dir))
-        engine, _, scheduler, group_names, ds_config = build_engine(model, train, total)
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
-        obj = objective(s.kind, s.task, s.special_ids, s.tokenizer, train)
+            log.info("initial weights from %s", load_init(train.init, self.model, s.tokenizer, train.init_bpe_dir))
+        self.engine, _, _, self.group_names, self.ds_config = build_engine(self.model, train, s.total_steps)
+        self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
+        self.obj = objective(s.kind, s.task, s.identity.special_ids, s.tokenizer, train)
+        # DeepSpeed reports the gradient norm only through its ZeRO / mixed-precision optimizer wrappers
+        self.plain_fp32 = train.zero_stage == 0 and train.precision == "fp32"
 
-        # ---- resume or start afresh
-        ckpt_dir = s.ckpt_dir
-        if rank == 0:
+    def _latest_checkpoint(self) -> tuple[int, Path] | None:
+        """The newest complete checkpoint whose files all load; incomplete and unreadable ones are removed."""
+        import torch.distributed as dist
+
+        ckpt_dir = self.s.ckpt_dir
+        if self.rank == 0:
             for stale in ck.checkpoints(ckpt_dir)[1]:
                 log.warning("ignoring incomplete checkpoint %s (no %s: the run stopped while saving); removing it",
                             stale, ck.MARKER)
                 shutil.rmtree(stale, ignore_errors=True)
         dist.barrier()
-        allow = ck.deepspeed_allow()
-        latest, broken = ck.latest_readable(ckpt_dir, allow)  # every rank checks: all agree, none waits on rank 0
+        latest, broken = ck.latest_readable(ckpt_dir, ck.deepspeed_allow())  # every rank checks: all agree
         dist.barrier()
-        if rank == 0:
+        if self.rank == 0:
             for tag_dir, why in broken:
                 log.warning("ignoring checkpoint %s: %s; falling back to the previous complete checkpoint and "
                             "removing it", tag_dir, why)
                 (tag_dir / ck.MARKER).unlink(missing_ok=True)  # unmark first, as ck.prune does
                 shutil.rmtree(tag_dir, ignore_errors=True)
+        return latest
+
+    def _resume(self) -> Start:
+        """Continue from the newest usable checkpoint (weights, optimizer, RNG states, data position; the LR
+        schedule rebuilt from the current params, e.g. more steps), or start afresh and write run.json."""
+        import torch
+
+        from narvl.train.engine import resume_lr_scheduler
+
+        s, train, rank, world = self.s, self.train, self.rank, self.world
+        latest = self._latest_checkpoint()
         history = {"wall_s": 0.0, "infeasible_total": 0.0, "samples_seen": 0}
         if latest is None:
-            start, seed, skip = 0, train.seed, 0
             torch.manual_seed(train.seed + 1 + rank)  # dropout differs across ranks
             if rank == 0:
-                info = dict(s.run_info, param_groups=group_names, world_size=world)
-                ck.write_run_info(ckpt_dir, info)
+                ck.write_run_info(s.ckpt_dir, dict(s.run_info, param_groups=self.group_names, world_size=world))
+            return Start(step=0, seed=train.seed, skip=0, history=history)
+        step, tag_dir = latest
+        with restricted_torch_loads(ck.deepspeed_allow()):  # DeepSpeed's own torch.load calls: weights_only=False
+            load_path, _ = self.engine.load_checkpoint(str(s.ckpt_dir), tag=tag_dir.name)
+        if load_path is None:
+            raise NarvlError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
+        if self.engine.global_steps != step:
+            raise NarvlError(f"{tag_dir}: holds global step {self.engine.global_steps}, its name says {step}")
+        # the schedule follows the current parameters (e.g. more steps), not the ones saved with it
+        resume_lr_scheduler(self.engine, train, s.total_steps)
+        mark = ck.marker(tag_dir)
+        history = {k: mark.get(k, v) for k, v in history.items()}
+        state = ck.load_rank_state(tag_dir, rank) if mark.get("world_size") == world else None
+        if state is None:
+            seed, skip = train.seed + step, 0
+            torch.manual_seed(train.seed + step + 1 + rank)
+            position = (f"data stream reseeded at step {step} (the checkpoint has {mark.get('world_size')} "
+                        f"ranks, this run {world})")
         else:
-            step, tag_dir = latest
-            with restricted_torch_loads(allow):  # DeepSpeed's own torch.load calls pass weights_only=False
-                load_path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag_dir.name)
-            if load_path is None:
-                raise NarvlError(f"{tag_dir}: DeepSpeed could not load this checkpoint")
-            if engine.global_steps != step:
-                raise NarvlError(f"{tag_dir}: holds global step {engine.global_steps}, its name says {step}")
-            # the schedule follows the current parameters (e.g. more steps), not the ones saved with it
-            scheduler.lr_lambdas[0].__dict__.update(vars(WarmupCosine(train.warmup_steps, total,
-                                                                      train.min_lr_ratio)))
-            mark = ck.marker(tag_dir)
-            history = {k: mark.get(k, v) for k, v in history.items()}
-            state = ck.load_rank_state(tag_dir, rank) if mark.get("world_size") == world else None
-            start = step
-            if state is not None:
-                ck.restore_rng(state["rng"])
-                if state["consumed"] <= train.resume_replay_batches:
-                    seed, skip = state["seed"], state["consumed"]
-                    position = f"data position restored ({skip} batches replayed per rank)"
-                else:
-                    seed, skip = train.seed + step, 0
-                    position = (f"data stream reseeded at step {step} ({state['consumed']} batches per rank "
-                                f"exceed train.resume_replay_batches = {train.resume_replay_batches})")
+            ck.restore_rng(state["rng"])
+            if state["consumed"] <= train.resume_replay_batches:
+                seed, skip = state["seed"], state["consumed"]
+                position = f"data position restored ({skip} batches replayed per rank)"
             else:
                 seed, skip = train.seed + step, 0
-                torch.manual_seed(train.seed + step + 1 + rank)
-                position = (f"data stream reseeded at step {step} (the checkpoint has {mark.get('world_size')} "
-                            f"ranks, this run {world})")
-            log.info("resuming from checkpoint %s at step %d of %d; %s", tag_dir, step, total, position)
-        if rank == 0:
-            write_json(s.out / "ds_config.json", dict(ds_config, world_size=world))
+                position = (f"data stream reseeded at step {step} ({state['consumed']} batches per rank "
+                            f"exceed train.resume_replay_batches = {train.resume_replay_batches})")
+        log.info("resuming from checkpoint %s at step %d of %d; %s", tag_dir, step, s.total_steps, position)
+        return Start(step=step, seed=seed, skip=skip, history=history)
 
-        make = lambda sd: train_loader(s.shards, "train", s.tokenizer, s.data, s.task, train.micro_batch,  # noqa: E731
-                                       rank, world, sd)
-        stream = BatchStream(make, seed, skip, show=rank == 0) if start < total else None
-        split_val = train.zero_stage < 3  # ZeRO-3 needs every rank in every forward: validate the same batches
+    def _open(self) -> None:
+        """ds_config.json, the training stream at its position, tensorboard and the progress bar."""
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        from narvl.data.loader import train_loader
+        from narvl.train.engine import StatWindow
+
+        s, train, rank, world, start = self.s, self.train, self.rank, self.world, self.start.step
+        if rank == 0:
+            write_json(s.out / "ds_config.json", dict(self.ds_config, world_size=world))
+
+        def make(seed: int):
+            return train_loader(s.shards, "train", s.tokenizer, s.data, s.task, train.micro_batch, rank, world, seed)
+
+        self.stream = BatchStream(make, self.start.seed, self.start.skip, show=rank == 0) \
+            if start < s.total_steps else None
+        self.writer = SummaryWriter(str(s.out / "tb"), purge_step=start if start else None) if rank == 0 else None
+        self.window = StatWindow()
+        self.progress = Progress()
+        self.bar = tqdm(total=s.total_steps, initial=start, desc=f"train {s.task}-{s.kind}", unit="step",
+                        disable=rank != 0, dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+    # --------------------------------------------------------------------------------------- step, log, save
+    def _step(self, step: int) -> tuple[int, float | None]:
+        """One optimizer step (train.grad_accum micro-batches) -> (the engine's global step, the gradient norm
+        measured here before clipping: on a log step of a plain fp32 run, else None)."""
+        import torch
+
+        from narvl.train.engine import forward_loss, to_device
+
+        train, engine = self.train, self.engine
+        t0 = time.perf_counter()
+        logging_step = self._is_log_step(step + 1)
+        own_norm = None
+        for micro in range(train.grad_accum):
+            batch = to_device(next(self.stream), engine.device, self.dtype)
+            loss, stats = forward_loss(engine, batch, self.obj)
+            engine.backward(loss)
+            if logging_step and micro == train.grad_accum - 1 and self.plain_fp32:
+                own_norm = grad_norm_of(engine.module)  # gradients are all-reduced by now, not yet clipped
+            engine.step()
+            self.window.add(stats)
+        if self.cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        p = self.progress
+        p.compute_s += dt
+        p.window_compute_s += dt
+        p.window_steps += 1
+        self.bar.update(1)
+        return engine.global_steps, own_norm
+
+    def _log_and_save(self, step: int, own_norm: float | None) -> None:
+        """After optimizer step `step`: train scalars every train.log_every steps, validation every
+        train.val_every, a checkpoint every train.checkpoint_every (and the last step's)."""
+        train, total = self.train, self.s.total_steps
+        if self._is_log_step(step):
+            self._log(step, own_norm)
+        if train.val_every and step % train.val_every == 0 and step < total:
+            self._validate(step)
+        if step % train.checkpoint_every == 0 or step == total:
+            self._save(step)
+
+    def _log(self, step: int, own_norm: float | None) -> None:
+        import torch.distributed as dist
+
+        train, p, writer = self.train, self.progress, self.writer
+        terms = self.window.reduce(dist)
+        p.infeasible_total += terms.get("infeasible", 0.0)
+        samples_per_s = p.window_steps * train.global_batch / max(p.window_compute_s, 1e-9)
+        grad_norm = own_norm if self.plain_fp32 else self.engine.get_global_grad_norm()
+        lr = self.engine.lr_scheduler.get_last_lr()[0]
+        p.last_terms = dict(terms, lr=lr, samples_per_s=samples_per_s)
+        if writer is not None:
+            for k, v in terms.items():
+                writer.add_scalar(f"train/{k}", v, step)
+            writer.add_scalar("train/lr", lr, step)
+            writer.add_scalar("train/samples_per_s", samples_per_s, step)
+            if grad_norm is not None and math.isfinite(float(grad_norm)):
+                writer.add_scalar("train/grad_norm", float(grad_norm), step)
+            writer.flush()
+        self.bar.set_postfix(loss=f"{terms.get('loss', math.nan):.4f}", lr=f"{lr:.2e}",
+                             sps=f"{samples_per_s:.1f}", refresh=False)
+        p.window_compute_s, p.window_steps = 0.0, 0
+
+    def _validate(self, step: int) -> dict[str, float]:
+        """Loss and exact match on train.val_split (each rank its part, or all the same batches under ZeRO-3,
+        which needs every rank in every forward)."""
+        from narvl.data.loader import eval_loader
+        from narvl.train.engine import validate
+
+        s, train, writer = self.s, self.train, self.writer
+        split_val = train.zero_stage < 3
         val_split = train.val_split[s.task]
+        batches = eval_loader(s.shards, val_split, s.tokenizer, s.data, s.task, train.micro_batch,
+                              self.rank if split_val else 0, self.world if split_val else 1)
+        result = validate(self.engine, batches, self.obj, train.val_batches, self.dtype, reduce_over_ranks=split_val)
+        if writer is not None:
+            for k in ("loss", "exact_match", "infeasible"):
+                writer.add_scalar(f"val/{k}", result[k], step)
+            writer.flush()
+        log.info("validation on %s at step %d: loss %.4f, exact match %.3f (%d samples)", val_split, step,
+                 result["loss"], result["exact_match"], result["samples"])
+        return result
 
-        def run_validation(step: int) -> dict[str, float]:
-            batches = eval_loader(s.shards, val_split, s.tokenizer, s.data, s.task, train.micro_batch,
-                                  rank if split_val else 0, world if split_val else 1)
-            result = validate(engine, batches, obj, train.val_batches, dtype, reduce_over_ranks=split_val)
-            if writer is not None:
-                for k in ("loss", "exact_match", "infeasible"):
-                    writer.add_scalar(f"val/{k}", result[k], step)
-                writer.flush()
-            log.info("validation on %s at step %d: loss %.4f, exact match %.3f (%d samples)", val_split, step,
-                     result["loss"], result["exact_match"], result["samples"])
-            return result
+    def _totals(self, step: int) -> dict[str, float]:
+        """wall_s, infeasible_total and samples_seen over this run and the runs it resumed."""
+        history, train = self.start.history, self.train
+        return {"wall_s": history["wall_s"] + (time.perf_counter() - self.t_start),
+                "infeasible_total": history["infeasible_total"] + self.progress.infeasible_total,
+                "samples_seen": history["samples_seen"] + (step - self.start.step) * train.global_batch}
 
-        def save(step: int) -> None:
-            tag = ck.tag_for(step)
-            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"narvl_step": step})
-            ck.save_rank_state(ckpt_dir / tag, rank, dict(stream.state(), rng=ck.capture_rng()))
-            dist.barrier()
-            if rank == 0:
-                ck.mark_complete(ckpt_dir / tag, {
-                    "step": step, "world_size": world, "zero_stage": train.zero_stage,
-                    "identity_hash": s.run_info["identity_hash"], "precision": train.precision,
-                    "wall_s": history["wall_s"] + (time.perf_counter() - t_start),
-                    "infeasible_total": history["infeasible_total"] + infeasible_total,
-                    "samples_seen": history["samples_seen"] + (step - start) * train.global_batch,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                })
-                ck.prune(ckpt_dir, train.keep_checkpoints)
-            dist.barrier()
+    def _save(self, step: int) -> None:
+        """A DeepSpeed checkpoint, each rank's data position and RNG states, then (rank 0) the COMPLETE marker."""
+        import torch.distributed as dist
 
-        # DeepSpeed reports the gradient norm only through its ZeRO / mixed-precision optimizer wrappers
-        plain_fp32 = train.zero_stage == 0 and train.precision == "fp32"
-        writer = None
+        s, train, rank, ckpt_dir = self.s, self.train, self.rank, self.s.ckpt_dir
+        tag = ck.tag_for(step)
+        self.engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"narvl_step": step})
+        ck.save_rank_state(ckpt_dir / tag, rank, dict(self.stream.state(), rng=ck.capture_rng()))
+        dist.barrier()
         if rank == 0:
-            writer = SummaryWriter(str(s.out / "tb"), purge_step=start if start else None)
-        window = StatWindow()
-        last_terms: dict[str, float] = {}
-        infeasible_total = 0.0
-        compute_s = 0.0  # time in forward/backward/step only (not validation, logging or checkpoints)
-        window_compute_s, window_steps = 0.0, 0
-        step = start
-        bar = tqdm(total=total, initial=start, desc=f"train {s.task}-{s.kind}", unit="step", disable=rank != 0,
-                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        while step < total:
-            t0 = time.perf_counter()
-            logging_step = (step + 1) % train.log_every == 0 or step + 1 == total
-            own_norm = None
-            for micro in range(train.grad_accum):
-                batch = to_device(next(stream), engine.device, dtype)
-                loss, stats = forward_loss(engine, batch, obj)
-                engine.backward(loss)
-                if logging_step and micro == train.grad_accum - 1 and plain_fp32:
-                    own_norm = grad_norm_of(engine.module)  # gradients are all-reduced by now, not yet clipped
-                engine.step()
-                window.add(stats)
-            if self.cuda:
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            compute_s += dt
-            window_compute_s += dt
-            window_steps += 1
-            step = engine.global_steps
-            bar.update(1)
-            if step % train.log_every == 0 or step == total:
-                terms = window.reduce(dist)
-                infeasible_total += terms.get("infeasible", 0.0)
-                samples_per_s = window_steps * train.global_batch / max(window_compute_s, 1e-9)
-                grad_norm = own_norm if plain_fp32 else engine.get_global_grad_norm()
-                lr = scheduler.get_last_lr()[0]
-                last_terms = dict(terms, lr=lr, samples_per_s=samples_per_s)
-                if writer is not None:
-                    for k, v in terms.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    writer.add_scalar("train/samples_per_s", samples_per_s, step)
-                    if grad_norm is not None and math.isfinite(float(grad_norm)):
-                        writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                    writer.flush()
-                bar.set_postfix(loss=f"{terms.get('loss', math.nan):.4f}", lr=f"{lr:.2e}",
-                                sps=f"{samples_per_s:.1f}", refresh=False)
-                window_compute_s, window_steps = 0.0, 0
-            if train.val_every and step % train.val_every == 0 and step < total:
-                run_validation(step)
-            if step % train.checkpoint_every == 0 or step == total:
-                save(step)
-        bar.close()
+            ck.mark_complete(ckpt_dir / tag, {
+                "step": step, "world_size": self.world, "zero_stage": train.zero_stage,
+                "identity_hash": s.run_info["identity_hash"], "precision": train.precision, **self._totals(step),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            })
+            ck.prune(ckpt_dir, train.keep_checkpoints)
+        dist.barrier()
 
-        val = run_validation(step)
-        trained = step - start
+    def _finish(self, step: int) -> None:
+        """The final validation and (rank 0) summary.json."""
+        from narvl.model import count_parameters
+
+        s, train, p = self.s, self.train, self.progress
+        val = self._validate(step)
+        trained = step - self.start.step
+        totals = self._totals(step)
         summary = {
-            "task": s.task, "kind": s.kind, "steps": step, "start_step": start, "resumed": start > 0,
-            "world_size": world, "device": "cuda" if self.cuda else "cpu", "precision": train.precision,
-            "zero_stage": train.zero_stage, "global_batch": train.global_batch, "micro_batch": train.micro_batch,
-            "grad_accum": train.grad_accum, "final": last_terms, "val": dict(val, split=val_split),
-            "samples_per_s": trained * train.global_batch / compute_s if compute_s > 0 else None,
-            "wall_s": time.perf_counter() - t_start,
-            "wall_s_total": history["wall_s"] + (time.perf_counter() - t_start),
-            "infeasible_total": history["infeasible_total"] + infeasible_total,
+            "task": s.task, "kind": s.kind, "steps": step, "start_step": self.start.step,
+            "resumed": self.start.step > 0, "world_size": self.world, "device": "cuda" if self.cuda else "cpu",
+            "precision": train.precision, "zero_stage": train.zero_stage, "global_batch": train.global_batch,
+            "micro_batch": train.micro_batch, "grad_accum": train.grad_accum, "final": p.last_terms,
+            "val": dict(val, split=train.val_split[s.task]),
+            "samples_per_s": trained * train.global_batch / p.compute_s if p.compute_s > 0 else None,
+            "wall_s": time.perf_counter() - self.t_start,
+            "wall_s_total": totals["wall_s"], "infeasible_total": totals["infeasible_total"],
             "params_hash": s.params_hash, "identity_hash": s.run_info["identity_hash"],
-            "num_parameters": count_parameters(model), "tokenizer": s.run_info["tokenizer"],
+            "num_parameters": count_parameters(self.model), "tokenizer": s.run_info["tokenizer"],
             "shards": str(s.shards),
         }
-        if rank == 0:
+        if self.rank == 0:
             write_json(s.out / "summary.json", summary)
-            writer.close()
+            self.writer.close()
             log.info("trained %s-%s to step %d (%d this run) in %.1f s; summary in %s", s.task, s.kind, step,
                      trained, summary["wall_s"], s.out / "summary.json")
-        return 0

@@ -13,6 +13,7 @@ rule baseline_vqa_majority:
         metrics=f"{RESULTS}/metrics/vqa-{{split}}-baseline-majority-none.json",
         predictions=f"{RESULTS}/predictions/vqa-{{split}}-baseline-majority-none.json",
     params:
+        folder=folder_of("params"),
         train=raw_path("train_annotations", task="vqa"),
         questions=raw_path("score.{split}.questions", task="vqa"),
         annotations=raw_path("score.{split}.annotations", task="vqa"),
@@ -24,7 +25,7 @@ rule baseline_vqa_majority:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl baselines vqa-majority --params {input.params:q} --split {wildcards.split:q}"
+        "python -m narvl baselines vqa-majority --params {params.folder:q} --split {wildcards.split:q}"
         " --train-annotations {params.train:q} --questions {params.questions:q} --annotations {params.annotations:q}"
         " --predictions {output.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 
@@ -41,6 +42,7 @@ rule baseline_grounding:
     wildcard_constraints:
         pick="random|largest",
     params:
+        folder=folder_of("params"),
         baseline=lambda w: f"grounding-{w.pick}",
         refs=raw_path("refs", task="grounding"),
         instances=raw_path("instances", task="grounding"),
@@ -52,7 +54,7 @@ rule baseline_grounding:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl baselines {params.baseline:q} --params {input.params:q} --split {wildcards.split:q}"
+        "python -m narvl baselines {params.baseline:q} --params {params.folder:q} --split {wildcards.split:q}"
         " --refs {params.refs:q} --instances {params.instances:q}"
         " --predictions {output.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 
@@ -67,6 +69,7 @@ rule baseline_caption_constant:
         metrics=f"{RESULTS}/metrics/caption-{{split}}-baseline-constant-none.json",
         predictions=f"{RESULTS}/predictions/caption-{{split}}-baseline-constant-none.json",
     params:
+        folder=folder_of("params"),
         train=raw_path("annotations", task="caption"),
         references=raw_path("references.{split}", task="caption"),
         values=values("score.meteor", "score.spice"),
@@ -77,6 +80,6 @@ rule baseline_caption_constant:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl baselines caption-constant --params {input.params:q} --split {wildcards.split:q}"
+        "python -m narvl baselines caption-constant --params {params.folder:q} --split {wildcards.split:q}"
         " --train-captions {params.train:q} --references {params.references:q}"
         " --predictions {output.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"

@@ -21,6 +21,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)  # the checkout's narvl, also when it is not installed
 
 import narvl.params  # noqa: E402
+import narvl.tasks  # noqa: E402
 
 ROOT = os.path.relpath(workflow.basedir)  # "." when Snakemake runs from the checkout, as it normally does
 
@@ -59,7 +60,7 @@ def ancient_params(*stages):
 
 
 def _narrow(value, task):
-    """Keep only `task`'s entry of every mapping keyed by task names (steps, num_queries, max_len, ...)."""
+    """Keep only `task`'s entry of every mapping keyed by task names (steps, num_queries, max_target_len, ...)."""
     if isinstance(value, dict):
         if task is not None and value and set(value) <= set(narvl.params.TASKS):
             return _narrow(value.get(task), task)
@@ -104,10 +105,16 @@ def _module_file(modname):
 
 
 def _imports(path, modname):
-    """narvl modules imported anywhere in a file (lazy imports inside functions included)."""
+    """narvl modules imported anywhere in a file (lazy imports inside functions included), except in the task
+    modules (narvl/tasks/): there only their module-level imports count. A task's methods serve different stages
+    and import that stage's code inside the method (the scorer, the box decoding); each rule names the stage code
+    it reaches through its task (`task_sources`, the score rules), so that editing the grounding scorer does not
+    rerun the grounding shards and, through the tokenizer, every training."""
     found = set()
     package = modname if path.name == "__init__.py" else modname.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    nodes = tree.body if modname.startswith("narvl.tasks.") else ast.walk(tree)
+    for node in nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -141,6 +148,16 @@ def sources(*modules):
     return sorted(files)
 
 
+TASK_MODULES = [f"narvl.tasks.{task}" for task in narvl.tasks.NAMES]
+
+
+def task_sources(*modules):
+    """sources() of a job with a {task} wildcard: the modules and that task's own module, which
+    `narvl.tasks.get` imports by name (so editing one task reruns that task's jobs only). `modules` name the stage
+    code the job reaches through its task's methods, too (see _imports)."""
+    return lambda wildcards: sources(*modules, f"narvl.tasks.{wildcards.task}")
+
+
 # ----------------------------------------------------------------------------------------------------- paths
 RAW = PIPELINE.raw_dir
 SHARDS = PIPELINE.shards_dir
@@ -151,7 +168,7 @@ LOGS = PIPELINE.logs_dir
 TOKENIZER = f"{SHARDS}/tokenizer.json"
 
 wildcard_constraints:
-    task="caption|vqa|grounding",
+    task="|".join(narvl.tasks.NAMES),
     split="[A-Za-z0-9]+",
     kind="ar|nar",
     model="(?:ar|nar|nar-kd)(?:-seed[0-9]+)?|baseline-blind",
@@ -200,12 +217,9 @@ def baseline_cells():
     type and the AR model fed blank images; a random object and the largest object."""
     if not PIPELINE.baselines:
         return []
-    per_task = {"caption": [("baseline-constant", "none")],
-                "vqa": [("baseline-majority", "none")] + ([("baseline-blind", "greedy")] if "ar" in PIPELINE.kinds
-                                                         else []),
-                "grounding": [("baseline-random-object", "none"), ("baseline-largest-object", "none")]}
     return [(task, split, model, decoder) for task in PIPELINE.tasks for split in PIPELINE.eval_splits[task]
-            for model, decoder in per_task[task]]
+            for model, decoder in narvl.tasks.get(task).baselines
+            if model != "baseline-blind" or "ar" in PIPELINE.kinds]  # the blind baseline is the AR model's
 
 
 METRICS_FILES = [f"{RESULTS}/metrics/{t}-{s}-{m}-{d}.json" for t, s, m, d in cells() + baseline_cells()]

@@ -11,6 +11,7 @@ rule synth:
     output:
         raw=directory(RAW),
     params:
+        folder=folder_of("params"),
         values=values("data.synth"),
     log:
         logfile("data/synth"),
@@ -19,20 +20,21 @@ rule synth:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl synth --params {input.params:q} --out {output.raw:q} > {log:q} 2>&1"
+        "python -m narvl synth --params {params.folder:q} --out {output.raw:q} > {log:q} 2>&1"
 
 
 rule shard_karpathy:
     """Captions: the Karpathy split file -> data/shards/<task>/ (train and eval splits)."""
     input:
         params=ancient_params("data"),
-        code=sources("narvl.data.shard"),
+        code=task_sources("narvl.data.shard", "narvl.data.tokenizer"),
         raw=raw_inputs("annotations", "images"),
     output:
         shards=directory(f"{SHARDS}/{{task}}"),
     wildcard_constraints:
         task=tasks_in_format("karpathy"),
     params:
+        folder=folder_of("params"),
         annotations=raw_path("annotations"),
         images=raw_path("images"),
         values=lambda w: values("data.shard", task=w.task, drop=("data.shard.workers",)),
@@ -43,7 +45,7 @@ rule shard_karpathy:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl shard --params {input.params:q} --task {wildcards.task:q} --format karpathy"
+        "python -m narvl shard --params {params.folder:q} --task {wildcards.task:q} --format karpathy"
         " --annotations {params.annotations:q} --images {params.images:q} --out {output.shards:q} > {log:q} 2>&1"
 
 
@@ -51,13 +53,14 @@ rule shard_vqav2:
     """VQA: VQAv2 questions + annotations (every split's files) -> data/shards/<task>/."""
     input:
         params=ancient_params("data"),
-        code=sources("narvl.data.shard"),
+        code=task_sources("narvl.data.shard", "narvl.data.tokenizer"),
         raw=raw_inputs("questions", "annotations", "images"),
     output:
         shards=directory(f"{SHARDS}/{{task}}"),
     wildcard_constraints:
         task=tasks_in_format("vqav2"),
     params:
+        folder=folder_of("params"),
         questions=raw_path("questions"),
         annotations=raw_path("annotations"),
         images=raw_path("images"),
@@ -69,7 +72,7 @@ rule shard_vqav2:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl shard --params {input.params:q} --task {wildcards.task:q} --format vqav2"
+        "python -m narvl shard --params {params.folder:q} --task {wildcards.task:q} --format vqav2"
         " --questions {params.questions:q} --annotations {params.annotations:q} --images {params.images:q}"
         " --out {output.shards:q} > {log:q} 2>&1"
 
@@ -78,13 +81,14 @@ rule shard_refer:
     """Grounding: the refer toolkit's refs(unc).p + COCO instances -> data/shards/<task>/."""
     input:
         params=ancient_params("data"),
-        code=sources("narvl.data.shard"),
+        code=task_sources("narvl.data.shard", "narvl.data.tokenizer"),
         raw=raw_inputs("refs", "instances", "images"),
     output:
         shards=directory(f"{SHARDS}/{{task}}"),
     wildcard_constraints:
         task=tasks_in_format("refer"),
     params:
+        folder=folder_of("params"),
         refs=raw_path("refs"),
         instances=raw_path("instances"),
         images=raw_path("images"),
@@ -96,7 +100,7 @@ rule shard_refer:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl shard --params {input.params:q} --task {wildcards.task:q} --format refer"
+        "python -m narvl shard --params {params.folder:q} --task {wildcards.task:q} --format refer"
         " --refs {params.refs:q} --instances {params.instances:q} --images {params.images:q}"
         " --out {output.shards:q} > {log:q} 2>&1"
 
@@ -105,13 +109,14 @@ rule shard_ofa_tsv:
     """Any task from OFA's TSV files (one per split, images inline as base64) -> data/shards/<task>/."""
     input:
         params=ancient_params("data"),
-        code=sources("narvl.data.shard"),
+        code=task_sources("narvl.data.shard", "narvl.data.tokenizer"),
         tsv=lambda w: list(_lookup("tsv", w, None).values()),
     output:
         shards=directory(f"{SHARDS}/{{task}}"),
     wildcard_constraints:
         task=tasks_in_format("ofa-tsv"),
     params:
+        folder=folder_of("params"),
         split_files=lambda w: [f"{split}={path}" for split, path in _lookup("tsv", w, None).items()],
         values=lambda w: values("data.shard", task=w.task, drop=("data.shard.workers",)),
     log:
@@ -121,7 +126,7 @@ rule shard_ofa_tsv:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl shard --params {input.params:q} --task {wildcards.task:q} --format ofa-tsv"
+        "python -m narvl shard --params {params.folder:q} --task {wildcards.task:q} --format ofa-tsv"
         " --tsv {params.split_files:q} --out {output.shards:q} > {log:q} 2>&1"
 
 
@@ -141,6 +146,7 @@ rule tokenizer:
     output:
         tokenizer=TOKENIZER,
     params:
+        folder=folder_of("params"),
         values=values("data.tokenizer"),
         source=lambda wildcards, input: ["--gpt2", *input.gpt2] if GPT2_FILES else ["--shards", *input.shards],
     log:
@@ -150,7 +156,7 @@ rule tokenizer:
         mem_mb=RES["data"]["mem_mb"],
         runtime=RES["data"]["runtime"],
     shell:
-        "python -m narvl tokenizer --params {input.params:q} {params.source:q} --out {output.tokenizer:q} > {log:q} 2>&1"
+        "python -m narvl tokenizer --params {params.folder:q} {params.source:q} --out {output.tokenizer:q} > {log:q} 2>&1"
 
 
 rule data_all:

@@ -5,9 +5,8 @@ rule decode:
     """Predictions of one (task, split, model, decoder) cell, in the official result formats, and their provenance
     sidecar (model, timing; `narvl score` copies it into the metrics file)."""
     input:
-        params=ancient_params("decode"),
-        data_params=ancient_params("data"),  # the eval loader's settings: data.yaml beside --params
-        code=sources("narvl.decode.run"),
+        params=ancient_params("decode", "data"),  # decode.yaml; data.yaml: the eval loader's settings
+        code=task_sources("narvl.decode.run"),
         model=f"{RUNS}/{{task}}-{{model}}/model.pt",
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
@@ -15,6 +14,7 @@ rule decode:
         predictions=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model,(?:ar|nar|nar-kd)(?:-seed[0-9]+)?}}-{{decoder}}.json",
         provenance=f"{RESULTS}/predictions/{{task}}-{{split}}-{{model,(?:ar|nar|nar-kd)(?:-seed[0-9]+)?}}-{{decoder}}.meta.json",
     params:
+        folder=folder_of("params"),
         values=lambda w: values("decode", "data.loader", task=w.task, drop=decode_drop(w)),
     log:
         logfile("decode/{task}-{split}-{model}-{decoder}"),
@@ -24,7 +24,7 @@ rule decode:
         runtime=RES["decode"]["runtime"],
         gpu=RES["decode"]["gpu"],
     shell:
-        "python -m narvl decode --params {input.params:q} --model {input.model:q} --shards {input.shards:q}"
+        "python -m narvl decode --params {params.folder:q} --model {input.model:q} --shards {input.shards:q}"
         " --split {wildcards.split:q} --tokenizer {input.tokenizer:q} --decoder {wildcards.decoder:q}"
         " --out {output.predictions:q} > {log:q} 2>&1"
 
@@ -33,9 +33,8 @@ rule decode_blind:
     """The blind baseline: the AR model fed blank (mean-colour) images, greedy; what it scores is what the
     question alone tells (model name baseline-blind)."""
     input:
-        params=ancient_params("decode"),
-        data_params=ancient_params("data"),
-        code=sources("narvl.decode.run"),
+        params=ancient_params("decode", "data"),  # decode.yaml; data.yaml: the eval loader's settings
+        code=task_sources("narvl.decode.run"),
         model=f"{RUNS}/{{task}}-ar/model.pt",
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
@@ -43,6 +42,7 @@ rule decode_blind:
         predictions=f"{RESULTS}/predictions/{{task}}-{{split}}-baseline-blind-greedy.json",
         provenance=f"{RESULTS}/predictions/{{task}}-{{split}}-baseline-blind-greedy.meta.json",
     params:
+        folder=folder_of("params"),
         values=lambda w: values("decode", "data.loader", task=w.task,
                                 drop=decode_drop(SimpleNamespace(decoder="greedy"))),
     log:
@@ -53,7 +53,7 @@ rule decode_blind:
         runtime=RES["decode"]["runtime"],
         gpu=RES["decode"]["gpu"],
     shell:
-        "python -m narvl decode --params {input.params:q} --model {input.model:q} --shards {input.shards:q}"
+        "python -m narvl decode --params {params.folder:q} --model {input.model:q} --shards {input.shards:q}"
         " --split {wildcards.split:q} --tokenizer {input.tokenizer:q} --decoder greedy --blank-images"
         " --out {output.predictions:q} > {log:q} 2>&1"
 
@@ -63,7 +63,7 @@ rule bench_decode:
     decode.bench_batch_sizes) on every model."""
     input:
         params=ancient_params("decode", "model", "data", "pipeline"),
-        code=sources("narvl.decode.bench"),
+        code=sources("narvl.decode.bench", *TASK_MODULES),
         models=MODEL_FILES,
         shards=expand(f"{SHARDS}/{{task}}", task=PIPELINE.tasks),
         tokenizer=TOKENIZER,

@@ -7,7 +7,7 @@
 rule report:
     """Tables (results/tables/main.md, main.csv), plots and gallery from every metrics file, run and benchmark."""
     input:
-        code=sources("narvl.report.main"),
+        code=sources("narvl.report.main", *TASK_MODULES),
         metrics=METRICS_FILES,
         predictions=PREDICTION_FILES,
         bench=BENCH,
@@ -42,7 +42,7 @@ rule reproduction:
     `narvl report --check` (docs/workflow.md)."""
     input:
         params=ancient_params("score"),
-        code=sources("narvl.report.main"),
+        code=sources("narvl.report.main", *TASK_MODULES),
         metrics=METRICS_FILES,
         bench=BENCH,
         published=PUBLISHED_FILES,

@@ -6,13 +6,14 @@ rule score_caption:
     """BLEU-4, METEOR, ROUGE-L, CIDEr (SPICE reported unavailable offline) against the COCO caption references."""
     input:
         params=ancient_params("score"),
-        code=sources("narvl.eval.score"),
+        code=sources("narvl.eval.score", "narvl.tasks.caption", "narvl.eval.caption"),
         raw=raw_inputs("references.{split}", task="caption"),
         predictions=f"{RESULTS}/predictions/caption-{{split}}-{{model}}-{{decoder}}.json",
         provenance=f"{RESULTS}/predictions/caption-{{split}}-{{model}}-{{decoder}}.meta.json",  # read beside it
     output:
         metrics=f"{RESULTS}/metrics/caption-{{split}}-{{model}}-{{decoder}}.json",
     params:
+        folder=folder_of("params"),
         references=raw_path("references.{split}", task="caption"),
         values=values("score.meteor", "score.spice"),
     log:
@@ -22,7 +23,7 @@ rule score_caption:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl score caption --params {input.params:q} --references {params.references:q}"
+        "python -m narvl score caption --params {params.folder:q} --references {params.references:q}"
         " --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
@@ -30,13 +31,14 @@ rule score_vqa:
     """VQA accuracy (the official soft accuracy over 10 answers) against the VQAv2 annotations."""
     input:
         params=ancient_params("score"),
-        code=sources("narvl.eval.score"),
+        code=sources("narvl.eval.score", "narvl.tasks.vqa", "narvl.eval.vqa"),
         raw=raw_inputs("score.{split}.questions", "score.{split}.annotations", task="vqa"),
         predictions=f"{RESULTS}/predictions/vqa-{{split}}-{{model}}-{{decoder}}.json",
         provenance=f"{RESULTS}/predictions/vqa-{{split}}-{{model}}-{{decoder}}.meta.json",  # read beside it
     output:
         metrics=f"{RESULTS}/metrics/vqa-{{split}}-{{model}}-{{decoder}}.json",
     params:
+        folder=folder_of("params"),
         questions=raw_path("score.{split}.questions", task="vqa"),
         annotations=raw_path("score.{split}.annotations", task="vqa"),
         values=values("score", drop=("score.meteor", "score.spice", "score.iou_threshold", "score.reproduction")),
@@ -47,7 +49,7 @@ rule score_vqa:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl score vqa --params {input.params:q} --questions {params.questions:q}"
+        "python -m narvl score vqa --params {params.folder:q} --questions {params.questions:q}"
         " --annotations {params.annotations:q} --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
@@ -55,13 +57,14 @@ rule score_grounding:
     """Acc@IoU>=score.iou_threshold against the RefCOCO boxes of the split."""
     input:
         params=ancient_params("score"),
-        code=sources("narvl.eval.score"),
+        code=sources("narvl.eval.score", "narvl.tasks.grounding", "narvl.eval.grounding"),
         raw=raw_inputs("refs", "instances", task="grounding"),
         predictions=f"{RESULTS}/predictions/grounding-{{split}}-{{model}}-{{decoder}}.json",
         provenance=f"{RESULTS}/predictions/grounding-{{split}}-{{model}}-{{decoder}}.meta.json",  # read beside it
     output:
         metrics=f"{RESULTS}/metrics/grounding-{{split}}-{{model}}-{{decoder}}.json",
     params:
+        folder=folder_of("params"),
         refs=raw_path("refs", task="grounding"),
         instances=raw_path("instances", task="grounding"),
         values=values("score.iou_threshold"),
@@ -72,7 +75,7 @@ rule score_grounding:
         mem_mb=RES["score"]["mem_mb"],
         runtime=RES["score"]["runtime"],
     shell:
-        "python -m narvl score grounding --params {input.params:q} --refs {params.refs:q} --instances {params.instances:q}"
+        "python -m narvl score grounding --params {params.folder:q} --refs {params.refs:q} --instances {params.instances:q}"
         " --split {wildcards.split:q} --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 

@@ -22,7 +22,7 @@ rule train:
     with train.seed, and runs/<task>-<kind>-seed<N> for each further seed of pipeline.seeds (`--seed N`)."""
     input:
         params=ancient_params("train", "model", "data"),
-        code=sources("narvl.train.main"),
+        code=task_sources("narvl.train.main"),
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
         init=[path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path],  # train.init: the starting weights
@@ -55,7 +55,7 @@ rule distill:
     """Sequence-level KD: the AR teacher decodes the task's training set into KD shards."""
     input:
         params=ancient_params("decode", "data"),  # beam search settings; the loader's (data.yaml)
-        code=sources("narvl.train.distill"),
+        code=task_sources("narvl.train.distill"),
         model=f"{RUNS}/{{task}}-ar/model.pt",
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
@@ -80,7 +80,7 @@ rule train_kd:
     """The NAR student of one task trained on the AR teacher's outputs (train.distill_tasks)."""
     input:
         params=ancient_params("train", "model", "data"),
-        code=sources("narvl.train.main"),
+        code=task_sources("narvl.train.main"),
         shards=f"{KD_SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
     output:
