@@ -86,7 +86,8 @@ def test_check_decoder():
     check_decoder("caption", "nar", "beam")
     check_decoder("vqa", "ar", "trie")
     check_decoder("grounding", "ar", "bins")
-    with pytest.raises(NarvlError, match="decodes vqa with an AR model, not a vqa NAR model"):
+    check_decoder("entailment", "ar", "allcand")
+    with pytest.raises(NarvlError, match="decodes vqa or entailment with an AR model, not a vqa NAR model"):
         check_decoder("vqa", "nar", "allcand")
     with pytest.raises(NarvlError, match="decodes grounding with an AR model, not a caption AR model"):
         check_decoder("caption", "ar", "bins")

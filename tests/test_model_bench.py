@@ -19,9 +19,9 @@ def small_params(tmp_path: Path) -> Path:
     decode["decode"].update(bench_batch_sizes=[1, 2], bench_repeats=1, beam_size=2)
     (out / "decode.yaml").write_text(yaml.safe_dump(decode))
     data = yaml.safe_load((out / "data.yaml").read_text())
-    data["data"]["shard"]["image_size"] = {"caption": 32, "vqa": 32, "grounding": 48}
-    # AR lengths (max_target_len + 1, EOS included): caption 4, vqa 3, grounding 5
-    data["data"]["loader"]["max_target_len"] = {"caption": 3, "vqa": 2, "grounding": 4}
+    data["data"]["shard"]["image_size"] = {"caption": 32, "vqa": 32, "grounding": 48, "entailment": 32}
+    # AR lengths (max_target_len + 1, EOS included): caption 4, vqa 3, grounding 5, entailment 3
+    data["data"]["loader"]["max_target_len"] = {"caption": 3, "vqa": 2, "grounding": 4, "entailment": 2}
     data["data"]["loader"]["max_source_len"] = 8
     (out / "data.yaml").write_text(yaml.safe_dump(data))
     return out

@@ -207,7 +207,8 @@ def test_the_committed_published_folder_is_complete_and_consistent():
                       for m in ("ar", "nar", "nar-kd") if m != "nar-kd" or t in distilled
                       for d in pipeline["decoders"] + (pipeline["ar_decoders"].get(t, []) if m == "ar" else []))
     baselines = {"caption": ["baseline-constant-none"], "vqa": ["baseline-majority-none", "baseline-blind-greedy"],
-                 "grounding": ["baseline-random-object-none", "baseline-largest-object-none"]}
+                 "grounding": ["baseline-random-object-none", "baseline-largest-object-none"],
+                 "entailment": ["baseline-blind-greedy"]}
     if pipeline["baselines"]:
         expected = sorted(expected + [f"{t}-{s}-{b}.json" for t in pipeline["tasks"] for s in pipeline["eval_splits"][t]
                                       for b in baselines[t]])

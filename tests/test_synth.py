@@ -582,7 +582,7 @@ def truth(hyp: str, objs) -> bool | None:
     m = re.fullmatch(r"there is an? (\w+) (\w+)", words)
     if m:
         return any((o.colour, o.shape) == m.groups() for o in objs)
-    m = re.fullmatch(r"there (?:is|are) (\w+) (?:shapes?|objects)", words)
+    m = re.fullmatch(r"there (?:is|are) (\w+) (?:shapes?|objects?)", words)
     if m:
         return numbers[m.group(1)] == len(objs)
     rels = {"left of": "left", "to the left of": "left", "on the left of": "left", "right of": "right",
@@ -631,6 +631,31 @@ def test_snli_ve_files_and_labels(raw):
             assert truth(x["sentence2"], scene_of(x["Flikr30kID"]).objects) is expected[x["gold_label"]], x
             seen[x["gold_label"]] += 1
     assert seen["entailment"] == seen["contradiction"] == seen["neutral"] == 24 + 8 + 8
+
+
+def test_snli_ve_words_alone_cannot_tell_entailment_from_contradiction(raw):
+    """Entailed and contradicted hypotheses share their forms and their words' ranges (counts within the scenes'
+    object counts): only the image tells them apart. Replacing colours, shapes and numbers by placeholders leaves
+    no form that only one of the two labels uses. (The first default's contradictions alone said "the", counted
+    five or six, or never said "objects": the hypothesis alone scored as well as the models.)"""
+    p = default_params()
+    numbers = {w: i for i, w in enumerate(synth_scene.NUMBER_WORDS)}
+    forms: dict[str, Counter] = {}
+    for split in ("train", "dev", "test"):
+        for line in (raw / "snli_ve" / f"snli_ve_{split}.jsonl").read_text().splitlines():
+            x = json.loads(line)
+            if x["gold_label"] == "neutral":
+                continue
+            words = re.sub(r"[^a-z ]", " ", x["sentence2"].lower()).split()
+            for w in words:
+                if w in numbers:
+                    assert p.min_objects <= numbers[w] <= p.max_objects, x["sentence2"]
+            form = " ".join("C" if w in synth_scene.COLOURS else "S" if w in synth_scene.SHAPES
+                            else "N" if w in numbers else "a" if w == "an" else w for w in words)
+            forms.setdefault(form, Counter())[x["gold_label"]] += 1
+    assert sum(sum(c.values()) for c in forms.values()) == 2 * (24 + 8 + 8)
+    big = {f: c for f, c in forms.items() if sum(c.values()) >= 6}
+    assert big and all(c["entailment"] and c["contradiction"] for c in big.values()), forms
 
 
 

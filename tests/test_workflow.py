@@ -70,19 +70,21 @@ def test_default_dry_run_has_the_whole_pipeline():
     models = {t: len(pipeline["kinds"]) + (t in kd) for t in tasks}
     ar_extra = pipeline["ar_decoders"]
     cells = sum(len(splits[t]) * (models[t] * len(pipeline["decoders"]) + len(ar_extra.get(t, []))) for t in tasks)
-    assert cells == 29  # 24 cells of greedy/beam, trie + allcand on VQA val, bins on 3 grounding splits
+    # 32 cells of greedy/beam, trie + allcand on VQA val and on the 2 entailment splits, bins on 3 grounding splits
+    assert cells == 41
     assert count["synth"] == 1 and count["tokenizer"] == 1
-    assert count["shard_karpathy"] + count["shard_vqav2"] + count["shard_refer"] == len(tasks)
+    assert count["shard_karpathy"] + count["shard_vqav2"] + count["shard_refer"] + count["shard_snli_ve"] == len(tasks)
     assert count["train"] == len(tasks) * len(pipeline["kinds"])
     assert count["distill"] == count["train_kd"] == len(kd)
     assert count["export"] == sum(models.values())
     assert count["decode"] == cells
     # the baselines (pipeline.baselines): the blind AR is decoded and scored like a model; the others score at once
-    assert pipeline["baselines"] and count["decode_blind"] == len(splits["vqa"])
+    # (VQA's question alone, entailment's hypothesis alone)
+    assert pipeline["baselines"] and count["decode_blind"] == len(splits["vqa"]) + len(splits["entailment"])
     assert sum(count[f"score_{t}"] for t in tasks) == cells + count["decode_blind"]
     baselines = (count["baseline_vqa_majority"] + count["baseline_grounding"] + count["baseline_caption_constant"]
                  + count["decode_blind"])
-    assert count["baseline_grounding"] == 2 * len(splits["grounding"]) and baselines == 1 + 6 + 1 + 1
+    assert count["baseline_grounding"] == 2 * len(splits["grounding"]) and baselines == 1 + 6 + 1 + 1 + 2
     assert count["bench_decode"] == count["report"] == count["all"] == 1
     # the report reads every metrics cell; every cell is scored from its own predictions
     report = next(j for j in jobs if j["rule"] == "report")
@@ -92,6 +94,8 @@ def test_default_dry_run_has_the_whole_pipeline():
     assert "results/metrics/grounding-testB-ar-greedy.json" in metrics
     assert "results/metrics/vqa-val-ar-trie.json" in metrics and "results/metrics/grounding-val-ar-bins.json" in metrics
     assert "results/metrics/vqa-val-baseline-blind-greedy.json" in metrics
+    assert "results/metrics/entailment-test-baseline-blind-greedy.json" in metrics
+    assert "results/metrics/entailment-dev-ar-allcand.json" in metrics
     assert "results/metrics/grounding-testA-baseline-largest-object-none.json" in metrics
     # every rule declares the narvl sources it runs and its params files (export and report read none) as inputs
     for job in jobs:

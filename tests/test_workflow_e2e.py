@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from narvl.tasks import NAMES as TASKS
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -28,18 +30,22 @@ TINY = {
     "data": {
         "synth": {"image_size": 48, "supersample": 2, "train_images": 40, "restval_images": 4, "val_images": 6,
                   "test_images": 8, "captions_per_image": 2, "questions_per_image": 2, "refs_per_image": 1,
-                  "sentences_per_ref": 1},
-        "shard": {"image_size": {"caption": 48, "vqa": 48, "grounding": 48}},
+                  "sentences_per_ref": 1, "ve_train_images": 8, "ve_dev_images": 4, "ve_test_images": 4},
+        "shard": {"image_size": {"caption": 48, "vqa": 48, "grounding": 48, "entailment": 48}},
         "tokenizer": {"vocab_size": 200, "num_bins": 16},
-        "loader": {"num_workers": 0, "shuffle_buffer": 16, "bench_micro_batch": 4, "bench_batches": 2},
+        # the tiny BPE (vocab_size 200) spells "maybe" in more than the default's 2 tokens
+        "loader": {"num_workers": 0, "shuffle_buffer": 16, "bench_micro_batch": 4, "bench_batches": 2,
+                   "max_target_len": {"caption": 20, "vqa": 6, "grounding": 4, "entailment": 6}},
     },
-    "model": {"overrides": {"d_model": 32, "heads": 2, "ffn_dim": 64, "resnet_width": 8}},
-    "train": {"nproc": 1, "steps": {"caption": 2, "vqa": 2, "grounding": 2}, "global_batch": 4, "micro_batch": 4,
+    "model": {"overrides": {"d_model": 32, "heads": 2, "ffn_dim": 64, "resnet_width": 8},
+              "num_queries": {"caption": 20, "vqa": 6, "grounding": 5, "entailment": 6}},
+    "train": {"nproc": 1, "steps": {"caption": 2, "vqa": 2, "grounding": 2, "entailment": 2}, "global_batch": 4,
+              "micro_batch": 4,
               "grad_accum": 1, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1, "val_every": 0,
               "val_batches": 1, "keep_checkpoints": 1, "distill_tasks": ["caption"]},
     "decode": {"batch_size": 8, "beam_size": 2, "bench_batch_sizes": [1, 4], "bench_repeats": 1, "bench_samples": 4},
     "score": {"meteor": False, "spice": False},
-    "pipeline": {"eval_splits": {"caption": ["test"], "vqa": ["val"], "grounding": ["val"]}},
+    "pipeline": {"eval_splits": {"caption": ["test"], "vqa": ["val"], "grounding": ["val"], "entailment": ["dev"]}},
 }
 
 
@@ -48,8 +54,7 @@ def _merge(base: dict, change: dict) -> dict:
     for key, value in change.items():
         if key not in base:
             continue
-        if isinstance(value, dict) and isinstance(base[key], dict) and not (set(value) & {"caption", "vqa",
-                                                                                          "grounding"}):
+        if isinstance(value, dict) and isinstance(base[key], dict) and not (set(value) & set(TASKS)):
             out[key] = _merge(base[key], value)
         else:
             out[key] = value
@@ -164,7 +169,8 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     # the trivial baselines (pipeline.baselines) are cells of their own
     baselines = {"caption": [("baseline-constant", "none")],
                  "vqa": [("baseline-majority", "none"), ("baseline-blind", "greedy")],
-                 "grounding": [("baseline-random-object", "none"), ("baseline-largest-object", "none")]}
+                 "grounding": [("baseline-random-object", "none"), ("baseline-largest-object", "none")],
+                 "entailment": [("baseline-blind", "greedy")]}
     assert pipeline["baselines"]
     cells += [(t, s, m, d) for t in pipeline["tasks"] for s in pipeline["eval_splits"][t] for m, d in baselines[t]]
     for t, s, m, d in cells:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from narvl.tasks import NAMES as TASKS
+
 sys.path.insert(0, str(Path(__file__).parent))
 from test_workflow_e2e import BIN, ROOT, env, write_tiny_params  # noqa: E402
 
@@ -61,7 +63,7 @@ def test_data_stage_through_slurm(slurm, tmp_path):
     assert proc.returncode == 0, text[-6000:]
     # every job went through sbatch
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", text)
-    rules = ["synth", "shard_karpathy", "shard_vqav2", "shard_refer", "tokenizer"]
+    rules = ["synth", "shard_karpathy", "shard_vqav2", "shard_refer", "shard_snli_ve", "tokenizer"]
     assert len(submitted) == len(rules), text[-4000:]
     for rule in rules:
         logs = list((slurm_logs / f"rule_{rule}").rglob("*.log"))
@@ -69,7 +71,7 @@ def test_data_stage_through_slurm(slurm, tmp_path):
                    for log in logs), (rule, logs, submitted)
     # and produced the stage's outputs
     shards = out / "data/shards"
-    for task in ("caption", "vqa", "grounding"):
+    for task in TASKS:
         assert (shards / task / "sizes.json").is_file()
     assert (shards / "tokenizer.json").is_file()
     # a second run submits nothing

@@ -285,7 +285,8 @@ def write_snli_ve(p: SynthParams, out: Path) -> dict[str, int]:
             premise = _raw(rng, ss.captions(rng, scene, 1, p.max_caption_words)[0])
             caption_number = rng.randrange(5)  # which of the image's five Flickr30k captions (as in captionID)
             for label in ss.VE_LABELS:
-                text = next((h for h in (ss.hypothesis(rng, scene, label) for _ in range(20)) if h), None)
+                n_objects = range(p.min_objects, p.max_objects + 1)
+                text = next((h for h in (ss.hypothesis(rng, scene, label, n_objects) for _ in range(20)) if h), None)
                 if text is None:
                     continue
                 hyp = _raw(rng, text)

@@ -599,33 +599,35 @@ NEUTRAL_PREDICATES = ("is made of wood", "is made of paper", "is made of metal",
                       "is spinning", "was drawn by a child", "was cut out of cardboard", "is about to fall")
 
 
-def hypothesis(rng: random.Random, scene: Scene, label: str) -> str | None:
-    """A statement about the scene that the image entails, contradicts, or leaves open (SNLI-VE's three labels)."""
+def _count_phrase(rng: random.Random, m: int) -> str:
+    noun = rng.choice(("shape", "object")) + ("" if m == 1 else "s")
+    return f"there {'is' if m == 1 else 'are'} {NUMBER_WORDS[m]} {noun}"
+
+
+def hypothesis(rng: random.Random, scene: Scene, label: str, counts: range = range(2, 5)) -> str | None:
+    """A statement about the scene that the image entails, contradicts, or leaves open (SNLI-VE's three labels).
+
+    Entailed and contradicted statements have the same forms, drawn alike: a colour-shape that is (or is not) in
+    the scene, a count from `counts` (the scenes' object counts) that is (or is not) the scene's, a relation between
+    two uniquely named objects as it is (or reversed). So the words alone cannot tell them apart: only the image
+    can. Neutral statements name predicates no picture of shapes shows (as SNLI's, recognisable from the text)."""
     objs = scene.objects
     n = len(objs)
     present = {(o.colour, o.shape) for o in objs}
     form = rng.randrange(3)
-    if label == "entailment":
+    if label in ("entailment", "contradiction"):
+        true = label == "entailment"
         if form == 0:
-            o = rng.choice(objs)
-            return f"there is {article(o.colour)} {o.colour} {o.shape}"
-        if form == 1:
-            return f"there are {NUMBER_WORDS[n]} {rng.choice(('shapes', 'objects'))}"
-        pairs = _clear_pairs(scene)
-        if not pairs:
-            return None
-        i, j, d = rng.choice(pairs)
-        a, b = (noun_phrase(rng, _attrs(objs[k], ("colour", "shape"))) for k in (i, j))
-        return f"{article(a)} {a} is {rng.choice(REL_PHRASES[d])} {article(b)} {b}"
-    if label == "contradiction":
-        if form == 0:
-            absent = [(c, s) for c in sorted(COLOURS) for s in SHAPES if (c, s) not in present]
-            c, s = rng.choice(absent)
+            pool = sorted(present) if true else [(c, s) for c in sorted(COLOURS) for s in SHAPES
+                                                  if (c, s) not in present]
+            c, s = rng.choice(pool)
             return f"there is {article(c)} {c} {s}"
         if form == 1:
-            m = rng.choice([k for k in range(1, 7) if k != n])
-            return f"there {'is' if m == 1 else 'are'} {NUMBER_WORDS[m]} {'shape' if m == 1 else 'shapes'}"
-        # a relation between two uniquely named objects, reversed
+            others = [m for m in counts if m != n]
+            if not true and not others:
+                return None
+            return _count_phrase(rng, n if true else rng.choice(others))
+        # a relation between two uniquely named objects, as it is or reversed
         pairs = [(i, j, d) for i, j, d in _clear_pairs(scene)
                  if resolve(scene, Desc(_attrs(objs[i], ("colour", "shape")))) == [i]
                  and resolve(scene, Desc(_attrs(objs[j], ("colour", "shape")))) == [j]]
@@ -633,7 +635,7 @@ def hypothesis(rng: random.Random, scene: Scene, label: str) -> str | None:
             return None
         i, j, d = rng.choice(pairs)
         a, b = (noun_phrase(rng, _attrs(objs[k], ("colour", "shape"))) for k in (i, j))
-        return f"the {a} is {rng.choice(REL_PHRASES[OPPOSITE[d]])} the {b}"
+        return f"the {a} is {rng.choice(REL_PHRASES[d if true else OPPOSITE[d]])} the {b}"
     if label == "neutral":
         t = rng.randrange(n)
         p = _attribute_phrase(rng, scene, t)

@@ -17,7 +17,7 @@ import importlib
 
 from narvl.errors import NarvlError
 
-NAMES = ("caption", "vqa", "grounding")  # the order of the tables and of every per-task listing
+NAMES = ("caption", "vqa", "grounding", "entailment")  # the order of the tables and of every per-task listing
 
 _cache: dict = {}
 

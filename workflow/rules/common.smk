@@ -269,6 +269,12 @@ def _default_inputs():
             "refs": f"{RAW}/refcoco/refs(unc).p",
             "instances": f"{RAW}/refcoco/instances.json",
         },
+        "entailment": {
+            "format": "snli-ve",
+            "images": f"{RAW}/images/flickr30k",
+            "annotations": [f"{RAW}/snli_ve/snli_ve_{s}.jsonl" for s in ("train", "dev", "test")],
+            "references": {split: f"{RAW}/snli_ve/snli_ve_{split}.jsonl" for split in ("dev", "test")},
+        },
     }
 
 
@@ -310,6 +316,13 @@ def raw_inputs(*specs, task=None):
         return paths
 
     return inputs
+
+
+def entailment_references(wildcards):
+    """The split's SNLI-VE jsonl (its gold labels), or, for OFA TSV data without one, the entailment shards."""
+    refs = INPUTS["entailment"].get("references", {})
+    return refs[wildcards.split] if wildcards.split in refs else f"{SHARDS}/entailment"
+
 
 
 # -------------------------------------------------------------------------------------------------- resources

@@ -105,6 +105,32 @@ rule shard_refer:
         " --out {output.shards:q} > {log:q} 2>&1"
 
 
+rule shard_snli_ve:
+    """Visual entailment: the SNLI-VE jsonl files (one per split) + the Flickr30k images -> data/shards/<task>/."""
+    input:
+        params=ancient_params("data"),
+        code=task_sources("narvl.data.shard", "narvl.data.tokenizer"),
+        raw=raw_inputs("annotations", "images"),
+    output:
+        shards=directory(f"{SHARDS}/{{task}}"),
+    wildcard_constraints:
+        task=tasks_in_format("snli-ve"),
+    params:
+        folder=folder_of("params"),
+        annotations=raw_path("annotations"),
+        images=raw_path("images"),
+        values=lambda w: values("data.shard", task=w.task, drop=("data.shard.workers",)),
+    log:
+        logfile("data/shard-{task}"),
+    threads: RES["data"]["threads"]
+    resources:
+        mem_mb=RES["data"]["mem_mb"],
+        runtime=RES["data"]["runtime"],
+    shell:
+        "python -m narvl shard --params {params.folder:q} --task {wildcards.task:q} --format snli-ve"
+        " --annotations {params.annotations:q} --images {params.images:q} --out {output.shards:q} > {log:q} 2>&1"
+
+
 rule shard_ofa_tsv:
     """Any task from OFA's TSV files (one per split, images inline as base64) -> data/shards/<task>/."""
     input:

@@ -79,6 +79,32 @@ rule score_grounding:
         " --split {wildcards.split:q} --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
+rule score_entailment:
+    """Accuracy (yes / no / maybe against the gold label) of every hypothesis of the split."""
+    input:
+        params=ancient_params("score"),
+        code=sources("narvl.eval.score", "narvl.tasks.entailment", "narvl.eval.entailment"),
+        raw=lambda w: raw_inputs("references.{split}", task="entailment")(w)
+        if w.split in INPUTS["entailment"].get("references", {}) else [f"{SHARDS}/entailment"],
+        predictions=f"{RESULTS}/predictions/entailment-{{split}}-{{model}}-{{decoder}}.json",
+        provenance=f"{RESULTS}/predictions/entailment-{{split}}-{{model}}-{{decoder}}.meta.json",  # read beside it
+    output:
+        metrics=f"{RESULTS}/metrics/entailment-{{split}}-{{model}}-{{decoder}}.json",
+    params:
+        folder=folder_of("params"),
+        references=entailment_references,
+        values=values("score.missing_predictions"),
+    log:
+        logfile("score/entailment-{split}-{model}-{decoder}"),
+    threads: RES["score"]["threads"]
+    resources:
+        mem_mb=RES["score"]["mem_mb"],
+        runtime=RES["score"]["runtime"],
+    shell:
+        "python -m narvl score entailment --params {params.folder:q} --references {params.references:q}"
+        " --split {wildcards.split:q} --predictions {input.predictions:q} --out {output.metrics:q} > {log:q} 2>&1"
+
+
 rule evaluate_all:
     """Target: every metrics file and the decoding benchmark (the DVC stage `evaluate`)."""
     input:
