@@ -21,7 +21,7 @@ from narvl.errors import NarvlError
 
 # name -> (module, one-line help). The module's docstring is the subcommand's long help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("narvl.data.synth", "generate the embedded default dataset in the real datasets' formats"),
+    "synth": ("narvl.synth.generate", "generate the embedded default dataset in the real datasets' formats"),
     "shard": ("narvl.data.shard", "read a dataset (COCO/Karpathy, VQAv2, RefCOCO, OFA TSV) into webdataset shards"),
     "tokenizer": ("narvl.data.tokenizer", "train the BPE tokenizer (with location bins and the CTC blank)"),
     "preview": ("narvl.data.preview", "render a PNG grid of samples from a shard, as the model sees them"),

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/shape_probe.py [--readout pool|patch] [--width 8] [--steps 600]
 
-One object per 96-px scene (narvl.data.synth_scene, the default's renderer and radii of data.synth), 3,000
+One object per 96-px scene (narvl.synth.scene, the default's renderer and radii of data.synth), 3,000
 training and 500 test scenes, 6-way shape classification from the trunk's (B, C, 6, 6) map: its global average
 (`pool`) or the one patch feature at the object's centre (`patch`: what an image token of the encoder holds).
 AdamW, lr 1e-3, batch 32, one thread; prints the test accuracy every 200 steps. Nothing is written.
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from narvl.data import synth_scene
+from narvl.synth import scene as synth_scene
 from narvl.data.images import IMAGENET_MEAN, IMAGENET_STD
 from narvl.model.resnet import ResNet
 

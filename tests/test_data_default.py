@@ -10,7 +10,7 @@ import pytest
 from narvl import params
 from narvl.cli import main as cli_main
 from narvl.data.loader import eval_loader, iter_samples, train_loader
-from narvl.data.synth import generate
+from narvl.synth.generate import generate
 from narvl.data.tokenizer import Tokenizer
 
 BASE = params.load("params/data.yaml")

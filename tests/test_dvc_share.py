@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from narvl.data import synth
+from narvl.synth import generate as synth
 from tests.test_synth import small_params
 
 ROOT = Path(__file__).parents[1]

@@ -125,9 +125,11 @@ def _shards(tmp_path):
     folder.mkdir()
     samples = [
         {"id": "val_00000000", "task": "grounding", "split": "val", "image_id": 5, "orig_size": [100, 80],
-         "size": [50, 40], "ref_id": 1, "sent_id": 101, "box": [5, 10, 20, 30], "orig_box": [10, 20, 40, 60]},
+         "size": [50, 40], "ref_id": 1, "sent_id": 101, "box": [5, 10, 20, 30], "orig_box": [10, 20, 40, 60],
+         "prompt": 'which region does the text " the red star " describe?', "target": "<bin_2> <bin_4> <bin_8> <bin_12>"},
         {"id": "val_00000001", "task": "grounding", "split": "val", "image_id": 5, "orig_size": [100, 80],
-         "size": [50, 40], "ref_id": 1, "sent_id": 102, "box": [5, 10, 20, 30], "orig_box": [10, 20, 40, 60]},
+         "size": [50, 40], "ref_id": 1, "sent_id": 102, "box": [5, 10, 20, 30], "orig_box": [10, 20, 40, 60],
+         "prompt": 'which region does the text " the red star " describe?', "target": "<bin_2> <bin_4> <bin_8> <bin_12>"},
     ]
     with tarfile.open(folder / "grounding-val-000000.tar", "w") as tar:
         for s in samples:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from narvl import params
 from narvl.cli import main as cli_main
-from narvl.data import synth, synth_scene
+from narvl.synth import generate as synth, scene as synth_scene
 from narvl.errors import NarvlError
 
 FIXTURES = Path(__file__).parent / "fixtures"

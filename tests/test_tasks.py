@@ -34,13 +34,16 @@ def caption_shards(tmp_path_factory):
 
 # -------------------------------------------------------------------------------------------------- the rooms
 def test_no_stage_branches_on_a_task_name():
-    """Every stage asks the task object: `task ==` (and friends) appear only inside narvl/tasks/."""
+    """Every stage asks the task object: `task ==`, `meta["task"] != "grounding"` and the like appear only inside
+    narvl/tasks/."""
     found = []
+    names = "|".join(tasks.NAMES)
     for path in sorted((ROOT / "narvl").rglob("*.py")):
         if "tasks" in path.relative_to(ROOT / "narvl").parts[:1]:
             continue
         for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if re.search(r"task\s*(==|!=)|task\s+(not\s+)?in\s*[\(\[{]\s*['\"]", line):
+            if re.search(r"task\s*(==|!=)|task\s+(not\s+)?in\s*[\(\[{]\s*['\"]", line) or "task" in line and re.search(
+                    rf"(==|!=|\bin)\s*[\(\[{{]?\s*['\"]({names})['\"]|['\"]({names})['\"]\s*(==|!=)", line):
                 found.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
     assert not found, "\n".join(found)
 

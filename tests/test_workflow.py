@@ -105,7 +105,7 @@ def test_default_dry_run_has_the_whole_pipeline():
         if job["rule"] not in ("export", "report"):
             assert any(p.startswith("params/") for p in job["input"]), job
     by_rule = {j["rule"]: j for j in jobs}
-    assert {"narvl/data/synth.py", "narvl/params.py", "params/data.yaml"} <= set(by_rule["synth"]["input"])
+    assert {"narvl/synth/generate.py", "narvl/params.py", "params/data.yaml"} <= set(by_rule["synth"]["input"])
     assert "narvl/report/main.py" in by_rule["report"]["input"]
     assert "narvl/train/main.py" not in by_rule["synth"]["input"]
 

@@ -49,18 +49,17 @@ def measure(shard_dir: Path, tokenizer, data_params, task: str, workers: int) ->
 
 def main(args: argparse.Namespace) -> int:
     from narvl import params as params_mod
-    from narvl.data.loader import iter_samples
-    from narvl.data.shard_folder import read_sizes
+    from narvl.data.shard_folder import ShardFolder
     from narvl.data.tokenizer import Tokenizer
     from narvl.errors import NarvlError
     from narvl.io import write_json
 
     data_params = params_mod.load_stage(args.params, "data")
     tokenizer = Tokenizer.load(args.tokenizer)
-    sizes = read_sizes(args.shards)
-    if not sizes.get("train", {}).get("shards"):
+    folder = ShardFolder(args.shards)
+    if not folder.sizes.get("train", {}).get("shards"):
         raise NarvlError(f"{args.shards / 'sizes.json'}: no train samples to time the training loader on")
-    task = next(iter_samples([args.shards / sizes["train"]["shards"][0]]))["meta"]["task"]
+    task = next(folder.metas("train"))["task"]
     results = [measure(args.shards, tokenizer, data_params, task, w) for w in WORKERS]
     for r in results:
         print(f"{task} train loader, {r['workers']} workers: {r['samples_per_s']:.1f} samples/s "

@@ -234,22 +234,20 @@ class Tokenizer:
 
 # ------------------------------------------------------------------------------------------------------ command
 def training_texts(shard_dirs: Iterable[Path], split: str = "train") -> Iterator[str]:
-    """The prompts and targets of the split's samples (grounding targets are location tokens: left out)."""
+    """The prompts and the text targets of the split's samples (location-token targets, `Task.text_targets`
+    false, are left out). Only the json members are read."""
     from tqdm import tqdm
 
-    from narvl.data.loader import iter_samples
-    from narvl.data.shard_folder import read_sizes
+    from narvl import tasks
+    from narvl.data.shard_folder import ShardFolder
 
     for shard_dir in shard_dirs:
-        sizes = read_sizes(shard_dir)
-        if split not in sizes:
-            raise NarvlError(f"{Path(shard_dir) / 'sizes.json'}: no '{split}' split (has {', '.join(sizes)})")
-        samples = iter_samples([Path(shard_dir) / s for s in sizes[split]["shards"]])
-        for sample in tqdm(samples, total=sizes[split]["samples"], desc=f"text of {shard_dir}", unit="sample",
-                           mininterval=1.0):
-            meta = sample["meta"]
+        folder = ShardFolder(shard_dir)
+        metas = folder.metas(split)  # a missing split is an error naming sizes.json
+        for meta in tqdm(metas, total=folder.samples_count(split), desc=f"text of {shard_dir}", unit="sample",
+                         mininterval=1.0):
             yield meta["prompt"]
-            if meta["task"] != "grounding":
+            if tasks.get(meta["task"]).text_targets:
                 yield meta["target"]
 
 

@@ -19,9 +19,7 @@ ref has exactly one sentence); when it gives both `ref_id` and `sent_id`, they m
 
 from __future__ import annotations
 
-import json
 import math
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,32 +94,20 @@ def load_refer(refs_path: str | Path, instances_path: str | Path, split: str) ->
 
 def load_shards(shard_dir: str | Path, split: str) -> tuple[list[RefItem], dict]:
     """Ground truth from the shards' sample JSON; returns the items and the split's sizes.json entry."""
-    shard_dir = Path(shard_dir)
-    from narvl.data.shard_folder import read_sizes
+    from narvl.data.shard_folder import ShardFolder
 
-    sizes = read_sizes(shard_dir, "grounding")
-    if split not in sizes:
-        raise NarvlError(f"{shard_dir / 'sizes.json'}: no split '{split}' (has: {', '.join(sorted(sizes))})")
-    entry = sizes[split]
+    folder = ShardFolder(shard_dir, "grounding")
+    entry = folder.entry(split)
     items: list[RefItem] = []
-    for name in entry["shards"]:
-        path = shard_dir / name
+    for rec in folder.metas(split):
         try:
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    if not member.name.endswith(".json"):
-                        continue
-                    rec = json.loads(tar.extractfile(member).read())
-                    try:
-                        items.append(RefItem(sent_id=int(rec["sent_id"]), ref_id=int(rec["ref_id"]),
-                                             image_id=int(rec["image_id"]),
-                                             box=tuple(float(v) for v in rec["orig_box"]), sample_id=rec["id"]))
-                    except (KeyError, TypeError, ValueError) as e:
-                        raise NarvlError(f"{path}: {member.name}: not a grounding sample ({e})") from e
-        except (tarfile.TarError, FileNotFoundError) as e:
-            raise NarvlError(f"{path}: cannot read shard: {e}") from e
+            items.append(RefItem(sent_id=int(rec["sent_id"]), ref_id=int(rec["ref_id"]), image_id=int(rec["image_id"]),
+                                 box=tuple(float(v) for v in rec["orig_box"]), sample_id=rec["id"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise NarvlError(f"{folder.path}: sample {rec.get('id')}: not a grounding sample ({e})") from e
     if len(items) != entry.get("samples", len(items)):
-        raise NarvlError(f"{shard_dir}: split '{split}' holds {len(items)} samples, sizes.json says {entry['samples']}")
+        raise NarvlError(f"{folder.path}: split '{split}' holds {len(items)} samples, sizes.json says "
+                         f"{entry['samples']}")
     return items, entry
 
 

@@ -7,7 +7,7 @@ rule synth:
     """The embedded default dataset, written in the real datasets' formats (docs/design.md, data/raw/)."""
     input:
         params=ancient_params("data"),
-        code=sources("narvl.data.synth"),
+        code=sources("narvl.synth.generate"),
     output:
         raw=directory(RAW),
     params:

@@ -32,7 +32,7 @@ from narvl import params as params_mod
 from narvl.errors import NarvlError
 from narvl.io import atomic_path
 from narvl.params import SynthParams
-from narvl.data import synth_scene as ss
+from narvl.synth import scene as ss
 
 log = logging.getLogger(__name__)
 
