@@ -351,7 +351,7 @@ def main(args: argparse.Namespace) -> int:
     from narvl import params as P
     from narvl.model import save
 
-    model_params = P.load(args.params / "model.yaml")
+    model_params = P.load_stage(args.params, "model")
     if args.task not in model_params.num_queries:
         raise NarvlError(f"{args.params / 'model.yaml'}: model.num_queries has no task {args.task!r}")
     rows, special, tok_ref = None, None, None

@@ -231,11 +231,17 @@ class TrainParams:
         return _build(TrainParams, merged, f"train.task_overrides.{task}", where)
 
 
-def ar_max_len(data: "DataParams", task: str) -> int:
-    """AR generation limit of `task` in tokens, EOS included: data.loader.max_target_len[task] + 1."""
+def ar_max_len(data: "DataParams", task: str, positions: int | None = None) -> int:
+    """AR generation limit of `task` in tokens, EOS included: data.loader.max_target_len[task] + 1; with
+    `positions` (a model's arch.max_target_len), refused when the model has fewer decoder positions."""
     if task not in data.loader.max_target_len:
         raise NarvlError(f"data.loader.max_target_len has no entry for task '{task}'")
-    return data.loader.max_target_len[task] + 1
+    n = data.loader.max_target_len[task] + 1
+    if positions is not None and n > positions:
+        raise NarvlError(f"data.loader.max_target_len.{task} = {n - 1} (+1 for EOS) exceeds the model's "
+                         f"{positions} decoder positions (arch.max_target_len): the data params are not the ones "
+                         "it was trained with?")
+    return n
 
 
 # ------------------------------------------------------------------------------------------------------- decode

@@ -212,15 +212,15 @@ def main(args: argparse.Namespace) -> int:
     task = meta["task"]
     prompt = build_prompt(task, args.text, args.prompt)
     box_png = None
-    if not tasks.get(task).text_targets:  # its predictions are boxes (grounding)
+    if tasks.get(task).predicts_box:  # grounding
         box_png = args.box_png or Path(f"{args.image.stem}.box.png")
         check_output(box_png, is_dir=False, inputs=[args.image, args.model])  # before the work, not after
     elif args.box_png is not None:
         raise NarvlError(f"--box-png is for grounding models; {args.model} is a {task} model")
     tokenizer = model_tokenizer(meta, args.model, args.tokenizer)
-    decode_params = params_mod.load(args.params / "decode.yaml", "decode")
-    data_params = params_mod.load(args.params / "data.yaml", "data")
-    max_len = params_mod.ar_max_len(data_params, task)
+    decode_params = params_mod.load_stage(args.params, "decode")
+    data_params = params_mod.load_stage(args.params, "data")
+    max_len = params_mod.ar_max_len(data_params, task, model.arch.max_target_len)
     batch = make_batch(args.image, prompt, task, tokenizer, data_params)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -26,7 +26,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLITS = {"caption": "test", "vqa": "val", "grounding": "val"}
 
 
 def edited_params(folder: Path, edits: list[str], tasks: list[str], kinds: list[str], work: Path) -> None:
@@ -74,7 +73,9 @@ def main() -> int:
     work.mkdir(parents=True)
     (work / ".tune").touch()
     edited_params(work / "params", args.edits, tasks, kinds, work)
-    targets = [str(work / "results" / "metrics" / f"{t}-{SPLITS[t]}-{k}-greedy.json") for t in tasks for k in kinds]
+    eval_splits = yaml.safe_load((work / "params" / "pipeline.yaml").read_text())["pipeline"]["eval_splits"]
+    targets = [str(work / "results" / "metrics" / f"{t}-{eval_splits[t][0]}-{k}-greedy.json")
+               for t in tasks for k in kinds]
     cmd = [str(Path(sys.executable).parent / "snakemake"), *targets, "--cores", "1", "--nolock",
            *(["-n"] if args.dry_run else []), "--config", f"params_dir={work / 'params'}"]
     start = time.time()

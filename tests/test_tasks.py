@@ -76,7 +76,10 @@ def test_nar_slots_must_hold_the_longest_target():
         tasks.get("caption").check_train("nar", 4, 20, train, "params")
     with pytest.raises(NarvlError, match="grounding_slot_targets needs a slot per box token and one for EOS"):
         tasks.get("grounding").check_train("nar", 4, 4, train, "params")
-    assert params.ar_max_len(params.load("params/data.yaml"), "grounding") == 5  # 4 box tokens + EOS
+    data = params.load("params/data.yaml")
+    assert params.ar_max_len(data, "grounding") == 5 == params.ar_max_len(data, "grounding", 5)  # 4 box tokens + EOS
+    with pytest.raises(NarvlError, match=r"max_target_len.caption = 20 \(\+1 for EOS\) exceeds the model's 16 decoder"):
+        params.ar_max_len(data, "caption", 16)  # decode/predict with data params the model was not trained with
 
 
 # ------------------------------------------------------------------------------------------ typed boundaries

@@ -274,6 +274,13 @@ def test_bad_pipeline_values_fail_with_the_schema(tmp_path):
     (params / "pipeline.yaml").write_text(text)
     proc = snakemake("-n", "--config", f"params_dir={params}", check=False)
     assert proc.returncode != 0 and "sampling" in proc.stdout + proc.stderr
+    # a constrained AR decoder the task does not have (Task.ar_decoders), named with the file and the task
+    text = text.replace("decoders: [greedy, sampling]", "decoders: [greedy, beam]").replace(
+        "grounding: [bins]", "grounding: [bins, trie]")
+    (params / "pipeline.yaml").write_text(text)
+    proc = snakemake("-n", "--config", f"params_dir={params}", check=False)
+    assert proc.returncode != 0 and "pipeline.ar_decoders.grounding: ['trie'] not among the task's constrained " \
+        "decoders (bins)" in proc.stdout + proc.stderr
 
 
 # ---------------------------------------------------------------------------------------- DVC vs Snakemake

@@ -69,7 +69,7 @@ def render(shard_dir: Path, split: str, tokenizer, data_params, out: Path) -> in
         src = batch["src_tokens"][i][~batch["src_mask"][i]].tolist()
         tgt = batch["tgt_tokens"][i, : int(batch["tgt_lengths"][i])].tolist()
         lines = [f"{meta['id']} (image {meta['image_id']})", f"Q: {tokenizer.decode(src)}"]
-        if not spec.text_targets:  # location tokens: the box and its binned target drawn
+        if spec.predicts_box:  # the box and its binned target (location tokens) drawn
             size = max(meta["size"])
             box = tokenizer.tokens_to_box(tgt, size)
             x0, y0, x1, y1 = meta["box"]

@@ -349,7 +349,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    prm = {stage: params.load(args.params / f"{stage}.yaml", stage)
+    prm = {stage: params.load_stage(args.params, stage)
            for stage in ("model", "data", "decode", "pipeline")}
     setups = _preset_setups(args, prm) if args.preset else _model_setups(args, prm)
     dtype = getattr(torch, DTYPES[args.dtype])

@@ -144,7 +144,7 @@ def main(args: argparse.Namespace) -> int:
     task = meta["task"]
     tokenizer = Tokenizer.load(args.tokenizer)
     _check_tokenizer(meta, args.tokenizer, args.model, tokenizer.vocab_size, meta["vocab_size"])
-    max_len = params_mod.ar_max_len(data_params, task)
+    max_len = params_mod.ar_max_len(data_params, task, model.arch.max_target_len)
     cell = CellName.parse(args.out.stem)
     if cell and tasks.get(cell.task) is not tasks.get(task):  # the file name's task object is the model's
         raise NarvlError(f"{args.out}: the file name says task '{cell.task}', but {args.model} is a {task} model")

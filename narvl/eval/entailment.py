@@ -55,9 +55,13 @@ def load_shards(shard_dir: str | Path, split: str) -> dict[str, str]:
     refs: dict[str, str] = {}
     for meta in ShardFolder(shard_dir, "entailment").metas(split):
         try:
-            refs[str(meta["pair_id"])] = str(meta["target"])
+            pair_id, answer = str(meta["pair_id"]), str(meta["target"])
         except KeyError as e:
             raise NarvlError(f"{shard_dir}: sample {meta.get('id')}: not an entailment sample (missing {e})") from e
+        if pair_id in refs:
+            raise NarvlError(f"{shard_dir}: split '{split}': pair id {pair_id} is in two samples (sample "
+                             f"{meta.get('id')}): ids must name one hypothesis each")
+        refs[pair_id] = answer
     return refs
 
 

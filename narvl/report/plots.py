@@ -212,7 +212,7 @@ def gallery(preds: dict, shards: Path | None, path: Path, per_task: int) -> Path
         axes[r][0].text(-0.08, 0.5, f"{task} ({split})", transform=axes[r][0].transAxes, rotation=90,
                         va="center", ha="right", fontsize=10)
     fig.suptitle("Test predictions: reference vs AR vs NAR" + (" (boxes: ref green, AR blue, NAR red, KD orange)"
-                                                               if any(not tasks.get(t).text_targets for t, *_ in rows)
+                                                               if any(tasks.get(t).predicts_box for t, *_ in rows)
                                                                else ""))
     return _save(fig, path)
 

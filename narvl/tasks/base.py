@@ -54,7 +54,8 @@ class Task:
     tsv_columns: tuple[str, ...] = ()  # OFA's TSV column layout for this task, image last (base64)
     tsv_image_column: int = -1  # the column of the base64 image
     prompt_text: str = ""  # what the prompt is built around (`narvl predict --text`): "" for a fixed prompt
-    text_targets: bool = True  # targets are text: AR teachers can rewrite them (sequence-level KD); else boxes
+    text_targets: bool = True  # targets are text: AR teachers can rewrite them (sequence-level KD)
+    predicts_box: bool = False  # predictions are boxes in original pixels (drawn on the image by predict, report)
     ar_decoders: tuple[str, ...] = ()  # OFA's constrained AR decoders of this task (narvl.decode.constrained)
     baselines: tuple[tuple[str, str], ...] = ()  # (model, decoder) cells of the trivial baselines
     slot_logprobs: bool = False  # NAR decoding needs per-slot log-probabilities even when greedy

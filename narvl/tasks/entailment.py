@@ -2,6 +2,10 @@
 `does the image describe " <hypothesis> "?`, the target OFA's answer word: entailment -> yes, contradiction -> no,
 neutral -> maybe. Scored by accuracy (narvl.eval.entailment) against the gold labels of the split.
 
+The prompt leaves out the text premise (SNLI's caption), so the image alone must decide. OFA's SNLI-VE fine-tuning
+scripts add it (`can image and text1 " <premise> " imply text2 " <hypothesis> "?`), so OFA's published accuracy is not
+this figure; the premise is kept in every sample (`premise`) for that variant.
+
 Readers:
     snli-ve   the official release: `snli_ve_{train,dev,test}.jsonl` (one JSON object per line with `Flikr30kID`, as
               spelt in the release, or `Flickr30K_ID`; `sentence2` the hypothesis, `gold_label`, `pairID`) and the

@@ -110,6 +110,7 @@ class Grounding(Task):
     formats = {"refer": ("refs", "instances", "images")}
     tsv_columns = ("uniq-id", "image-id", "text", "region-coord x0,y0,x1,y1", "image base64")
     text_targets = False  # a box is not text: no sequence-level KD
+    predicts_box = True
     ar_decoders = ("bins",)
     baselines = (("baseline-random-object", "none"), ("baseline-largest-object", "none"))
     slot_logprobs = True  # the box fallback takes the most confident slots

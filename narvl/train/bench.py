@@ -83,7 +83,7 @@ def steady_samples_per_s(tb_dir: Path) -> float | None:
 
 def main(args: argparse.Namespace) -> int:
     params_dir, shards, out = Path(args.params), Path(args.shards), Path(args.out)
-    train = P.load(params_dir / "train.yaml", "train")
+    train = P.load_stage(params_dir, "train")
     if train.bench_steps < 2 or not train.bench_nprocs or min(train.bench_nprocs) < 1:
         raise NarvlError(f"{params_dir / 'train.yaml'}: train.bench_steps must be >= 2 and train.bench_nprocs "
                          "a non-empty list of positive counts")

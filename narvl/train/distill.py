@@ -125,8 +125,8 @@ def link_or_copy(src: Path, dst: Path) -> None:
 def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     params_dir = Path(args.params)
-    decode = P.load(params_dir / "decode.yaml", "decode")
-    data = P.load(params_dir / "data.yaml", "data")
+    decode = P.load_stage(params_dir, "decode")
+    data = P.load_stage(params_dir, "data")
     shards, out, tok_path = Path(args.shards), Path(args.out), Path(args.tokenizer)
     inputs = [params_dir, args.model, shards, tok_path]
     check_output(out, is_dir=True, inputs=inputs)  # before the teacher decodes: a refused --out costs nothing

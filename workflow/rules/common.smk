@@ -175,6 +175,13 @@ wildcard_constraints:
     decoder="greedy|beam|trie|allcand|bins",
 
 
+for _task, _decoders in PIPELINE.ar_decoders.items():
+    _known = narvl.tasks.get(_task).ar_decoders if _task in narvl.tasks.NAMES else ()
+    if not set(_decoders) <= set(_known):
+        raise WorkflowError(f"{STAGE_FILES['pipeline']}: pipeline.ar_decoders.{_task}: {sorted(set(_decoders) - set(_known))} "
+                            f"not among the task's constrained decoders ({', '.join(_known) or 'none'})")
+
+
 def models(task):
     """The models trained for `task`: pipeline.kinds, plus the KD student for train.distill_tasks."""
     kd = ["nar-kd"] if task in TRAIN.distill_tasks and "nar" in PIPELINE.kinds and "ar" in PIPELINE.kinds else []

@@ -166,7 +166,7 @@ rule tokenizer:
     (data.tokenizer.gpt2_bpe_dir)."""
     input:
         params=ancient_params("data"),
-        code=sources("narvl.data.tokenizer"),
+        code=sources("narvl.data.tokenizer", *TASK_MODULES),  # Task.text_targets of every task
         shards=expand(f"{SHARDS}/{{task}}", task=PIPELINE.tasks),
         gpt2=GPT2_FILES,
     output:

@@ -39,7 +39,7 @@ rule train:
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
     log:
         logfile("train/{task}-{run}"),
-    threads: TRAIN.nproc
+    threads: lambda w: TRAIN.for_task(w.task, STAGE_FILES["train"]).nproc
     resources:
         mem_mb=RES["train"]["mem_mb"],
         runtime=RES["train"]["runtime"],
@@ -92,7 +92,7 @@ rule train_kd:
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
     log:
         logfile("train/{task}-nar-kd"),
-    threads: TRAIN.nproc
+    threads: lambda w: TRAIN.for_task(w.task, STAGE_FILES["train"]).nproc
     resources:
         mem_mb=RES["train"]["mem_mb"],
         runtime=RES["train"]["runtime"],
