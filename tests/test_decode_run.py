@@ -27,21 +27,9 @@ DECODE = params.load("params/decode.yaml")
 def world(tmp_path_factory):
     """Raw data in the real formats (the data room's fixtures), shards, a tokenizer, tiny AR and NAR model files."""
     root = tmp_path_factory.mktemp("decode")
-    raw = root / "raw"
-    make.karpathy(raw)
-    qfiles, afiles = make.vqav2(raw)
-    refs, instances = make.refer(raw)
-    shards = root / "shards"
-    base = ["shard", "--params", "params", "--images", str(raw / "images")]
-    assert cli_main(base + ["--task", "caption", "--format", "karpathy", "--annotations",
-                            str(raw / "captions" / "dataset_coco.json"), "--out", str(shards / "caption")]) == 0
-    assert cli_main(base + ["--task", "vqa", "--format", "vqav2", "--questions", *map(str, qfiles),
-                            "--annotations", *map(str, afiles), "--out", str(shards / "vqa")]) == 0
-    assert cli_main(base + ["--task", "grounding", "--format", "refer", "--refs", str(refs), "--instances",
-                            str(instances), "--out", str(shards / "grounding")]) == 0
-    tok_path = shards / "tokenizer.json"
-    assert cli_main(["tokenizer", "--params", "params", "--shards", str(shards / "caption"),
-                     str(shards / "vqa"), "--out", str(tok_path)]) == 0  # the grounding fixture has no train split
+    data = make.sharded(root)
+    raw, shards, tok_path = data["raw"], data["shards"], data["tokenizer"]
+    qfiles, afiles, refs, instances = data["questions"], data["annotations"], data["refs"], data["instances"]
     tok = Tokenizer.load(tok_path)
     # COCO caption references of the test split, from the Karpathy file (what the pipeline scores against)
     karpathy = json.loads((raw / "captions" / "dataset_coco.json").read_text())

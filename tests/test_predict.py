@@ -69,21 +69,8 @@ def world(tmp_path_factory):
     """Raw data in the real formats, shards, a tokenizer, a params folder decoding one sample per batch, and an
     exported tiny random AR and NAR model per task, each with its decode of the evaluation split."""
     root = tmp_path_factory.mktemp("predict")
-    raw = root / "raw"
-    make.karpathy(raw)
-    qfiles, afiles = make.vqav2(raw)
-    refs, instances = make.refer(raw)
-    shards = root / "shards"
-    base = ["shard", "--params", "params", "--images", str(raw / "images")]
-    assert cli_main(base + ["--task", "caption", "--format", "karpathy", "--annotations",
-                            str(raw / "captions" / "dataset_coco.json"), "--out", str(shards / "caption")]) == 0
-    assert cli_main(base + ["--task", "vqa", "--format", "vqav2", "--questions", *map(str, qfiles),
-                            "--annotations", *map(str, afiles), "--out", str(shards / "vqa")]) == 0
-    assert cli_main(base + ["--task", "grounding", "--format", "refer", "--refs", str(refs), "--instances",
-                            str(instances), "--out", str(shards / "grounding")]) == 0
-    tok_path = shards / "tokenizer.json"
-    assert cli_main(["tokenizer", "--params", "params", "--shards", str(shards / "caption"),
-                     str(shards / "vqa"), "--out", str(tok_path)]) == 0
+    data = make.sharded(root)
+    raw, shards, tok_path = data["raw"], data["shards"], data["tokenizer"]
     # the repository's parameters, decoding one sample per batch (no padding beside other samples)
     prm = root / "params"
     prm.mkdir()
