@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "shard": ("narvl.data.shard", "read a dataset (COCO/Karpathy, VQAv2, RefCOCO, OFA TSV) into webdataset shards"),
     "tokenizer": ("narvl.data.tokenizer", "train the BPE tokenizer (with location bins and the CTC blank)"),
     "preview": ("narvl.data.preview", "render a PNG grid of samples from a shard, as the model sees them"),
+    "pretrain-resnet": ("narvl.train.pretrain_resnet", "ImageNet in miniature: the ResNet's starting weights (train.init_resnet)"),
     "train": ("narvl.train.main", "train the NAR model or the AR baseline with DeepSpeed"),
     "distill": ("narvl.train.distill", "decode the training set with an AR teacher into knowledge-distillation shards"),
     "import-ofa": ("narvl.ofa_import", "convert an OFA fairseq checkpoint into a narvl model file (ar or nar)"),

@@ -173,12 +173,28 @@ class ModelParams:
 
 # -------------------------------------------------------------------------------------------------------- train
 @dataclass(frozen=True)
+class ResnetPretrainParams:
+    """`narvl pretrain-resnet`: ImageNet in miniature for the embedded default (the ResNet names the shape and the
+    colour of one rendered object; narvl/train/pretrain_resnet.py)."""
+
+    scenes: int  # training scenes of one object each (rendered with data.synth's renderer and radii)
+    test_scenes: int  # held-out scenes for the reported accuracies
+    steps: int
+    batch: int
+    lr: float  # AdamW, constant
+
+
+@dataclass(frozen=True)
 class TrainParams:
     seed: int
     # start from these weights (null: from scratch): a narvl model file (`narvl import-ofa`, `narvl export`) or an
     # OFA fairseq checkpoint (ofa_*.pt; its vocabulary rows are reordered into the run's tokenizer via init_bpe_dir)
     init: str | None
     init_bpe_dir: str | None  # OFA's utils/BPE folder (encoder.json, dict.txt): needed when init is an OFA checkpoint
+    # OFA's resnet_model_path: a ResNet state dict (torchvision's names, e.g. ImageNet weights; layer4 and fc ignored,
+    # or `narvl pretrain-resnet`'s file) loaded into the encoder's ResNet before train.init; null: none
+    init_resnet: str | None
+    resnet_pretrain: ResnetPretrainParams  # `narvl pretrain-resnet` (pipeline.pretrain_resnet)
     # per task, train.* fields that differ from the values below (e.g. NARVL's per-task lr and batch)
     task_overrides: dict[str, dict[str, Any]]
     nproc: int  # data-parallel processes on one node (CPU: gloo; GPU: nccl, one per GPU)
@@ -222,7 +238,8 @@ class TrainParams:
     def for_task(self, task: str, where: str = "train params") -> "TrainParams":
         """These parameters with train.task_overrides[task] applied (checked like the file's own values)."""
         over = self.task_overrides.get(task, {})
-        known = {f.name for f in dataclasses.fields(TrainParams)} - {"task_overrides", "init", "init_bpe_dir"}
+        known = {f.name for f in dataclasses.fields(TrainParams)} - {"task_overrides", "init", "init_bpe_dir",
+                                                                       "init_resnet", "resnet_pretrain"}
         for key in over:
             if key not in known:
                 raise NarvlError(f"{where}: train.task_overrides.{task}.{key}: not a per-task train field"
@@ -292,6 +309,8 @@ class PipelineParams:
     ar_decoders: dict[Task, list[str]]  # the AR model's extra, constrained decoders per task (trie, allcand, bins)
     baselines: bool  # the trivial baselines as table rows (workflow/rules/baselines.smk)
     seeds: list[int]  # train.seed of each AR/NAR run: the first gives runs/<task>-<kind>, the others <kind>-seed<N>
+    # `narvl pretrain-resnet` once (runs/resnet-pretrain/resnet.pt), and every training starts its ResNet from it
+    pretrain_resnet: bool
     eval_splits: dict[Task, list[str]]
     raw_dir: str
     shards_dir: str

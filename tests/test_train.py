@@ -353,3 +353,35 @@ def test_train_init_starts_a_nar_run_from_an_ar_model_file(tiny, ar_zero2_bf16):
         assert torch.allclose(state[key].float(), value, atol=1e-6), key
     assert json.loads((out / "checkpoints" / "run.json").read_text())["identity"]["init"]["sha256"] == \
         file_sha256(init)
+
+
+def test_pretrain_resnet_starts_every_training_s_resnet(tiny):
+    """`narvl pretrain-resnet` (ImageNet in miniature) writes the same bytes twice; `narvl train --init-resnet` starts
+    the encoder's ResNet from it (one step at a vanishing learning rate leaves the weights in place) and records the
+    file in the run's identity."""
+    from narvl.train.init import resnet_state
+
+    params = T.make_params(ROOT / "params", tiny["dir"] / "params-resnet", steps={"caption": 1, "vqa": 1,
+                                                                                   "grounding": 1},
+                           lr=1.0e-12, warmup_steps=0,
+                           resnet_pretrain={"scenes": 64, "test_scenes": 16, "steps": 3, "batch": 8, "lr": 1.0e-3})
+    files = [tiny["dir"] / f"resnet{i}" / "resnet.pt" for i in (1, 2)]
+    for path in files:
+        proc = run_narvl("pretrain-resnet", "--params", str(params), "--out", str(path))
+        assert "held-out accuracy shape" in proc.stdout
+    assert files[0].read_bytes() == files[1].read_bytes()
+    blob = torch.load(files[0], weights_only=True)
+    assert blob["format"] == "narvl-resnet-v1" and blob["steps"] == 3 and set(blob["test_accuracy"]) == {"shape",
+                                                                                                        "colour"}
+    out = tiny["dir"] / "caption-ar-resnet"
+    proc = run_narvl(*train_args(tiny, out, kind="ar", params=params), "--init-resnet", str(files[0]))
+    assert "ResNet weights from" in proc.stderr
+    state = module_state(out / "checkpoints" / ck.tag_for(1))
+    for key, value in resnet_state(files[0]).items():
+        if "running_" not in key and "num_batches" not in key:  # (BatchNorm statistics move with the batch)
+            assert torch.allclose(state[f"encoder.embed_images.{key}"].float(), value, atol=1e-6), key
+    identity = json.loads((out / "checkpoints" / "run.json").read_text())["identity"]
+    assert identity["init_resnet"]["sha256"] == file_sha256(files[0])
+    plain = json.loads((tiny["dir"] / "caption-nar" / "checkpoints" / "run.json").read_text()) \
+        if (tiny["dir"] / "caption-nar" / "checkpoints" / "run.json").is_file() else None
+    assert plain is None or "init_resnet" not in plain["identity"]  # runs without it keep their identity

@@ -397,3 +397,37 @@ def test_seed_option_reaches_the_ranks_and_the_params():
     argv = train_main.narvl_argv(args)
     assert argv[-2:] == ["--seed", "3"] and parser.parse_args(argv[1:]).seed == 3
     assert "--seed" not in train_main.narvl_argv(parser.parse_args(base))
+
+
+# --------------------------------------------------------------------------------------------- train.init_resnet
+def test_init_resnet_takes_torchvision_weights_and_refuses_what_does_not_fit(tmp_path):
+    """OFA's resnet_model_path: an ImageNet ResNet in torchvision's names loads into the encoder's ResNet (its layer4
+    and fc, which OFA cuts, are ignored); a file for another width, a non-state-dict and a pickle that would run code
+    are refused naming the file."""
+    import pickle
+
+    import torch
+    import torchvision
+
+    from narvl.model.resnet import ResNet
+    from narvl.train.init import load_resnet
+
+    tv = torchvision.models.resnet50()
+    path = tmp_path / "resnet50.pth"
+    torch.save(tv.state_dict(), path)
+    ours = ResNet([3, 4, 6], 64)
+    assert "ResNet" in load_resnet(path, ours)
+    assert all(torch.equal(v, tv.state_dict()[k]) for k, v in ours.state_dict().items())
+    with pytest.raises(NarvlError, match=r"resnet50.pth: train.init_resnet does not fit .*shapes differ: bn1"):
+        load_resnet(path, ResNet([3, 4, 6], 8))
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(NarvlError, match=r"list.pt: train.init_resnet: expected a ResNet state dict"):
+        load_resnet(tmp_path / "list.pt", ours)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran code",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(NarvlError, match="evil.pt"):
+        load_resnet(tmp_path / "evil.pt", ours)

@@ -134,8 +134,8 @@ def test_several_seeds_train_each_model_again_and_decode_it(tmp_path):
     proc = snakemake("-n", "--forceall", "-p", "--nocolor", "--config", f"params_dir={params}")
     shown = proc.stdout + proc.stderr
     assert "--kind ar --shards data/shards/vqa --tokenizer data/shards/tokenizer.json --out runs/vqa-ar-seed1 --seed 1" \
-        in shown
-    assert "--out runs/vqa-ar  >" in shown  # the first seed's run: train.seed, no --seed
+        " --init-resnet runs/resnet-pretrain/resnet.pt" in shown  # every run starts from the one pretrained ResNet
+    assert "--out runs/vqa-ar  --init-resnet runs/resnet-pretrain/resnet.pt >" in shown  # train.seed, no --seed
     # the ordinary runs train with train.seed: a seeds list that does not start with it is refused
     doc["pipeline"]["seeds"] = [1, 2]
     (params / "pipeline.yaml").write_text(yaml.safe_dump(doc))

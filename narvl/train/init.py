@@ -1,4 +1,5 @@
-"""`train.init`: the weights a training run starts from, a narvl model file or an OFA fairseq checkpoint.
+"""`train.init`: the weights a training run starts from, a narvl model file or an OFA fairseq checkpoint; and
+`train.init_resnet`: the weights its ResNet starts from (OFA's resnet_model_path), loaded first.
 
     narvl model file (`narvl-model-v1`: `narvl import-ofa`, `narvl export`): its architecture (dropout aside),
         vocabulary and special ids must equal the run's; a file of the other kind transfers everything but the NAR
@@ -61,3 +62,44 @@ def load_init(path: str | Path, model: nn.Module, tokenizer, bpe_dir: str | Path
     if unexpected or set(missing) - set(NEW_KEYS):
         raise NarvlError(f"{path}: train.init does not fit the model: missing {missing}, unexpected {unexpected}")
     return f"{path}: {what}" + (f"; new: {', '.join(missing)}" if missing else "")
+
+
+# ------------------------------------------------------------------------------------------- train.init_resnet
+RESNET_FORMAT = "narvl-resnet-v1"  # `narvl pretrain-resnet`'s file: {"format", "state_dict", "resnet_layers", ...}
+RESNET_IGNORED = ("layer4.", "fc.")  # an ImageNet classifier's last stage and head: OFA cuts the ResNet after layer3
+
+
+def resnet_state(path: str | Path) -> dict:
+    """The ResNet state dict of a train.init_resnet file: `narvl pretrain-resnet`'s file, or a plain state dict in
+    torchvision's names (an ImageNet ResNet's .pth; OFA's resnet_model_path), without layer4 and fc. Read with
+    weights_only: the file holds tensors and plain data only."""
+    from narvl.io import load_torch_file
+
+    path = Path(path)
+    blob = load_torch_file(path)
+    if isinstance(blob, dict) and blob.get("format") == RESNET_FORMAT:
+        blob = blob.get("state_dict")
+    if not isinstance(blob, dict) or not blob or not all(isinstance(k, str) for k in blob):
+        raise NarvlError(f"{path}: train.init_resnet: expected a ResNet state dict (parameter name -> tensor) or a "
+                         f"`narvl pretrain-resnet` file")
+    return {k: v for k, v in blob.items() if not k.startswith(RESNET_IGNORED)}
+
+
+def load_resnet(path: str | Path, resnet: nn.Module) -> str:
+    """Copy a train.init_resnet file into the encoder's ResNet (every parameter and BatchNorm statistic: missing,
+    unexpected or differently shaped entries are refused by name); returns a one-line description."""
+    path = Path(path)
+    state = resnet_state(path)
+    own = resnet.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k} {tuple(state[k].shape)} (file) vs {tuple(own[k].shape)} (model)" for k in sorted(set(own) & set(state))
+             if tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}" if missing else "",
+                 f"unexpected {', '.join(unexpected[:4])}{' ...' if len(unexpected) > 4 else ''}" if unexpected else "",
+                 f"shapes differ: {'; '.join(wrong[:3])}" if wrong else ""]
+        raise NarvlError(f"{path}: train.init_resnet does not fit the model's ResNet (model.preset / resnet_layers / "
+                         f"resnet_width): {'; '.join(p for p in parts if p)}")
+    resnet.load_state_dict(state)
+    return f"{path}: ResNet ({len(state)} tensors)"

@@ -1,6 +1,7 @@
 """Train the NAR model (Q-CTC over N query slots) or the AR baseline (teacher-forced cross-entropy) with DeepSpeed.
 
 Reads   --params DIR       train.yaml, model.yaml, data.yaml (train.init: the weights to start from, narvl/train/init.py)
+        --init-resnet FILE train.init_resnet for this run (OFA's resnet_model_path: the ResNet's starting weights)
         --shards DIR       sizes.json and <task>-<split>-NNNNNN.tar (the train split and train.val_split[task])
         --tokenizer FILE   tokenizer.json
 Writes  --out DIR          checkpoints/ (resumable DeepSpeed checkpoints, run.json), ds_config.json (the resolved
@@ -54,14 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", required=True, help="tokenizer.json")
     parser.add_argument("--out", required=True, help="run folder (runs/TASK-KIND)")
     parser.add_argument("--seed", type=int, help="train.seed for this run (pipeline.seeds: one run per seed)")
+    parser.add_argument("--init-resnet", help="train.init_resnet for this run: the ResNet's starting weights (a "
+                        "`narvl pretrain-resnet` file or a torchvision-layout state dict; pipeline.pretrain_resnet)")
 
 
 def narvl_argv(args: argparse.Namespace) -> list[str]:
     """The command line that re-runs this command (for torchrun)."""
     argv = ["-v"] if getattr(args, "verbose", False) else []
     seed = [] if getattr(args, "seed", None) is None else ["--seed", str(args.seed)]
+    resnet = [] if getattr(args, "init_resnet", None) is None else ["--init-resnet", args.init_resnet]
     return argv + ["train", "--params", args.params, "--task", args.task, "--kind", args.kind,
-                   "--shards", args.shards, "--tokenizer", args.tokenizer, "--out", args.out] + seed
+                   "--shards", args.shards, "--tokenizer", args.tokenizer, "--out", args.out] + seed + resnet
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -128,6 +132,8 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     train = train.for_task(args.task, where)
     if getattr(args, "seed", None) is not None:
         train = dataclasses.replace(train, seed=args.seed)
+    if getattr(args, "init_resnet", None) is not None:
+        train = dataclasses.replace(train, init_resnet=args.init_resnet)
     check_train_params(train, args.task, world_size, cuda, where)
     init = None
     if train.init is not None:
@@ -136,6 +142,13 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
             raise NarvlError(f"{where}: train.init: {init_path}: no such file (a narvl model file or an OFA "
                              f"checkpoint)")
         init = {"path": str(init_path), "sha256": file_sha256(init_path)}
+    init_resnet = None
+    if train.init_resnet is not None:
+        resnet_path = Path(train.init_resnet)
+        if not resnet_path.is_file():
+            raise NarvlError(f"{where}: train.init_resnet: {resnet_path}: no such file (a ResNet state dict or a "
+                             f"`narvl pretrain-resnet` file)")
+        init_resnet = {"path": str(resnet_path), "sha256": file_sha256(resnet_path)}
     arch = model_params.arch()
     if args.task not in model_params.num_queries:
         raise NarvlError(f"{Path(args.params) / 'model.yaml'}: model.num_queries has no entry for '{args.task}'")
@@ -168,6 +181,8 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     model_identity = ModelIdentity(args.kind, args.task, arch, tokenizer.vocab_size, num_queries, special_ids)
     # run.json's identity: the model's, and what it was trained from (a checkpoint resumes only the same run)
     identity = {**model_identity.to_dict(), "tokenizer_sha256": tok_sha, "init": init}
+    if init_resnet is not None:  # (absent otherwise: runs without it keep their identity)
+        identity["init_resnet"] = init_resnet
     run_info = {"format": "narvl-run-v1", "identity": identity, "identity_hash": ck.identity_hash(identity),
                 "zero_stage": train.zero_stage, "world_size": world_size, "precision": train.precision,
                 "tokenizer": {"path": str(tok_path), "sha256": tok_sha}}
@@ -359,6 +374,10 @@ class Trainer:
         np.random.seed(train.seed)
         torch.manual_seed(train.seed)
         self.model = s.identity.build()
+        if train.init_resnet is not None:  # OFA's resnet_model_path; train.init, when given, loads over it
+            from narvl.train.init import load_resnet
+
+            log.info("ResNet weights from %s", load_resnet(train.init_resnet, self.model.encoder.embed_images))
         if train.init is not None:  # a resumed run then loads its checkpoint over these weights
             from narvl.train.init import load_init
 

@@ -193,6 +193,24 @@ if PIPELINE.seeds[0] != TRAIN.seed:
                         f"runs (runs/<task>-<kind>) train with train.seed = {TRAIN.seed}: list train.seed first")
 
 
+# pipeline.pretrain_resnet: ImageNet in miniature (`narvl pretrain-resnet`), the ResNet every training starts from
+RESNET = f"{RUNS}/resnet-pretrain/resnet.pt" if PIPELINE.pretrain_resnet else None
+if RESNET and TRAIN.init_resnet:
+    raise WorkflowError(f"{STAGE_FILES['pipeline']}: pipeline.pretrain_resnet makes the ResNet every training starts "
+                        f"from, but train.init_resnet names one too ({TRAIN.init_resnet}): set one of them")
+
+
+def resnet_input():
+    """The train jobs' ResNet file: the pretrain_resnet rule's output, or train.init_resnet (none: [])."""
+    return [path for path in (RESNET or TRAIN.init_resnet,) if path]
+
+
+def resnet_argument(wildcards, input):
+    """`--init-resnet FILE` for the rule's own ResNet (pipeline.pretrain_resnet; train.init_resnet is read from the
+    params), as separate words for `{params.init_resnet:q}`."""
+    return ["--init-resnet", input.resnet[0]] if RESNET else []
+
+
 def seeded(task):
     """The AR/NAR models of the seeds after the first (pipeline.seeds): <kind>-seed<N>; no KD students for them."""
     return [f"{kind}-seed{seed}" for seed in PIPELINE.seeds[1:] for kind in PIPELINE.kinds]

@@ -9,12 +9,34 @@
 # srun prefix (docs/workflow.md, "Slurm"): the command then runs as one rank per srun task.
 
 TRAIN_VALUES_DROP = (  # keys `narvl train` does not read (distill_tasks decides which students exist: the DAG)
-    "train.distill_tasks", "train.bench_steps", "train.bench_nprocs", "data.loader.bench_micro_batch",
+    "train.distill_tasks", "train.resnet_pretrain", "train.bench_steps", "train.bench_nprocs",
+    "data.loader.bench_micro_batch",
     "data.loader.bench_batches")
 # The srun prefix as separate, quoted words: a launcher with options works, a `;` in it stays an argument.
 LAUNCHER = shlex.split(str(RES["train"]["mpi"]))
 DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "decode.bench_samples",
                        "data.loader.bench_micro_batch", "data.loader.bench_batches")
+
+
+rule pretrain_resnet:
+    """ImageNet in miniature (pipeline.pretrain_resnet): the ResNet every training starts from (docs/model.md)."""
+    input:
+        params=ancient_params("train", "model", "data"),
+        code=sources("narvl.train.pretrain_resnet"),
+    output:
+        resnet=f"{RUNS}/resnet-pretrain/resnet.pt",
+    params:
+        folder=folder_of("params"),
+        values=values("train.resnet_pretrain", "train.seed", "model", "data.synth"),
+    log:
+        logfile("train/resnet-pretrain"),
+    threads: 1
+    resources:
+        mem_mb=RES["train"]["mem_mb"],
+        runtime=RES["train"]["runtime"],
+        gpu=RES["train"]["gpu"],
+    shell:
+        "python -m narvl pretrain-resnet --params {params.folder:q} --out {output.resnet:q} > {log:q} 2>&1"
 
 
 rule train:
@@ -26,6 +48,7 @@ rule train:
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
         init=[path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path],  # train.init: the starting weights
+        resnet=resnet_input(),  # the ResNet's starting weights (pipeline.pretrain_resnet or train.init_resnet)
     output:
         summary=f"{RUNS}/{{task}}-{{run}}/summary.json",
     wildcard_constraints:
@@ -35,6 +58,7 @@ rule train:
         run=lambda w, output: os.path.dirname(output.summary),
         kind=lambda w: w.run.split("-seed")[0],
         seed=lambda w: ["--seed", w.run.split("-seed")[1]] if "-seed" in w.run else [],
+        init_resnet=resnet_argument,
         launcher=LAUNCHER,
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
     log:
@@ -48,7 +72,8 @@ rule train:
         mpi=RES["train"]["mpi"],
     shell:
         "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind {params.kind:q}"
-        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} {params.seed:q} > {log:q} 2>&1"
+        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} {params.seed:q}"
+        " {params.init_resnet:q} > {log:q} 2>&1"
 
 
 rule distill:
@@ -83,11 +108,14 @@ rule train_kd:
         code=task_sources("narvl.train.main"),
         shards=f"{KD_SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
+        init=[path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path],
+        resnet=resnet_input(),
     output:
         summary=f"{RUNS}/{{task}}-nar-kd/summary.json",
     params:
         folder=folder_of("params"),
         run=lambda w, output: os.path.dirname(output.summary),
+        init_resnet=resnet_argument,
         launcher=LAUNCHER,
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
     log:
@@ -101,7 +129,8 @@ rule train_kd:
         mpi=RES["train"]["mpi"],
     shell:
         "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind nar"
-        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} > {log:q} 2>&1"
+        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} {params.init_resnet:q}"
+        " > {log:q} 2>&1"
 
 
 rule export:
