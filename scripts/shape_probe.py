@@ -1,16 +1,20 @@
 """Can the `cpu` preset's ResNet trunk learn the default's shapes on its own? (docs/tuning.md, issue 13)
 
-    .venv/bin/python scripts/shape_probe.py [--readout pool|patch] [--width 8] [--steps 600]
+    .venv/bin/python scripts/shape_probe.py [--readout pool|patch] [--width 8] [--steps 600] [--objects 1]
+                                            [--through resnet|encoder]
 
-One object per 96-px scene (narvl.synth.scene, the default's renderer and radii of data.synth), 3,000
+One object per 96-px scene (--objects N: N objects, the first one's shape is the label) (narvl.synth.scene, the default's renderer and radii of data.synth), 3,000
 training and 500 test scenes, 6-way shape classification from the trunk's (B, C, 6, 6) map: its global average
 (`pool`) or the one patch feature at the object's centre (`patch`: what an image token of the encoder holds).
-AdamW, lr 1e-3, batch 32, one thread; prints the test accuracy every 200 steps. Nothing is written.
+`--through encoder` reads the image tokens of the whole `cpu` encoder (ResNet, image projection, two layers over
+image and a 4-token prompt) instead of the ResNet's map. AdamW, lr 1e-3, batch 32, one thread; prints the test
+accuracy every 200 steps. Nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import random
 import time
@@ -23,17 +27,19 @@ from torch import nn
 
 from narvl.synth import scene as synth_scene
 from narvl.data.images import IMAGENET_MEAN, IMAGENET_STD
+from narvl.model.encoder import Encoder
 from narvl.model.resnet import ResNet
+from narvl.params import PRESETS
 
 SIZE, STRIDE = 96, 16
 
 
-def scenes(n: int, rng: random.Random, small, large) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def scenes(n: int, rng: random.Random, small, large, objects: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> images (n, 3, 96, 96) normalised, shape labels (n,), the index of the patch holding each centre (n,)."""
     images, labels, patches = [], [], []
     grid = SIZE // STRIDE
     for _ in range(n):
-        scene = synth_scene.make_scene(rng, SIZE, 1, 1, small, large)
+        scene = synth_scene.make_scene(rng, SIZE, objects, objects, small, large)
         obj = scene.objects[0]
         xs, ys = obj.polygon[0::2], obj.polygon[1::2]
         cx, cy = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
@@ -52,17 +58,32 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--small-radius", type=float, nargs=2, default=[0.09, 0.11])
     parser.add_argument("--large-radius", type=float, nargs=2, default=[0.16, 0.19])
+    parser.add_argument("--objects", type=int, default=1, help="objects per scene (the first one is labelled)")
+    parser.add_argument("--through", choices=["resnet", "encoder"], default="resnet")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    x, y, p = scenes(3500, random.Random(0), tuple(args.small_radius), tuple(args.large_radius))
+    x, y, p = scenes(3500, random.Random(0), tuple(args.small_radius), tuple(args.large_radius), args.objects)
     torch.manual_seed(0)
-    trunk = ResNet([1, 1, 1], args.width)
-    head = nn.Linear(trunk.out_channels, len(synth_scene.SHAPES))
+    if args.through == "resnet":
+        trunk = ResNet([1, 1, 1], args.width)
+        head = nn.Linear(trunk.out_channels, len(synth_scene.SHAPES))
+
+        def tokens(images):  # (B, 36, C)
+            return trunk(images).flatten(2).transpose(1, 2)
+    else:
+        arch = dataclasses.replace(PRESETS["cpu"], dropout=0.0, resnet_width=args.width)
+        trunk = Encoder(arch, 16)
+        head = nn.Linear(arch.d_model, len(synth_scene.SHAPES))
+        prompt = torch.tensor([[1, 10, 11, 2]])
+
+        def tokens(images):  # the image tokens of the encoder's output (B, 36, d)
+            b = len(images)
+            return trunk(images, prompt.expand(b, -1), torch.zeros(b, 4, dtype=torch.bool)).memory[:, :36]
     opt = torch.optim.AdamW([*trunk.parameters(), *head.parameters()], lr=1e-3)
 
     def logits(images, patches):
-        feats = trunk(images).flatten(2)  # (B, C, 36)
-        return head(feats.mean(-1) if args.readout == "pool" else feats[torch.arange(len(images)), :, patches])
+        feats = tokens(images)
+        return head(feats.mean(1) if args.readout == "pool" else feats[torch.arange(len(images)), patches])
 
     t0 = time.time()
     for step in range(1, args.steps + 1):
@@ -76,7 +97,7 @@ def main() -> None:
             with torch.no_grad():
                 acc = (logits(x[3000:], p[3000:]).argmax(-1) == y[3000:]).float().mean().item()
             trunk.train()
-            print(f"readout {args.readout} width {args.width} step {step}: loss {loss.item():.3f}, "
+            print(f"{args.through} readout {args.readout} width {args.width} objects {args.objects} step {step}: loss {loss.item():.3f}, "
                   f"test accuracy {acc:.3f} ({time.time() - t0:.0f} s)", flush=True)
 
 
