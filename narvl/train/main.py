@@ -124,6 +124,16 @@ def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
     return sizes
 
 
+def _start_file(value: str | None, key: str, what: str, where: str) -> dict[str, str] | None:
+    """{path, sha256} of a train.init / train.init_resnet file for the run identity (None when unset)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise NarvlError(f"{where}: train.{key}: {path}: no such file ({what})")
+    return {"path": str(path), "sha256": file_sha256(path)}
+
+
 def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
             params: tuple[P.TrainParams, P.ModelParams, P.DataParams] | None = None) -> Setup:
     """Every check of a run with `world_size` ranks; `params`: load_params(args.params) when already loaded."""
@@ -135,20 +145,9 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     if getattr(args, "init_resnet", None) is not None:
         train = dataclasses.replace(train, init_resnet=args.init_resnet)
     check_train_params(train, args.task, world_size, cuda, where)
-    init = None
-    if train.init is not None:
-        init_path = Path(train.init)
-        if not init_path.is_file():
-            raise NarvlError(f"{where}: train.init: {init_path}: no such file (a narvl model file or an OFA "
-                             f"checkpoint)")
-        init = {"path": str(init_path), "sha256": file_sha256(init_path)}
-    init_resnet = None
-    if train.init_resnet is not None:
-        resnet_path = Path(train.init_resnet)
-        if not resnet_path.is_file():
-            raise NarvlError(f"{where}: train.init_resnet: {resnet_path}: no such file (a ResNet state dict or a "
-                             f"`narvl pretrain-resnet` file)")
-        init_resnet = {"path": str(resnet_path), "sha256": file_sha256(resnet_path)}
+    init = _start_file(train.init, "init", "a narvl model file or an OFA checkpoint", where)
+    init_resnet = _start_file(train.init_resnet, "init_resnet", "a ResNet state dict or a `narvl pretrain-resnet` "
+                              "file", where)
     arch = model_params.arch()
     if args.task not in model_params.num_queries:
         raise NarvlError(f"{Path(args.params) / 'model.yaml'}: model.num_queries has no entry for '{args.task}'")
