@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -420,6 +421,9 @@ def test_init_resnet_takes_torchvision_weights_and_refuses_what_does_not_fit(tmp
     assert all(torch.equal(v, tv.state_dict()[k]) for k, v in ours.state_dict().items())
     with pytest.raises(NarvlError, match=r"resnet50.pth: train.init_resnet does not fit .*shapes differ: bn1"):
         load_resnet(path, ResNet([3, 4, 6], 8))
+    torch.save({"conv1.weight": "not a tensor"}, tmp_path / "strings.pt")
+    with pytest.raises(NarvlError, match=r"strings.pt: train.init_resnet: expected a ResNet state dict"):
+        load_resnet(tmp_path / "strings.pt", ours)
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(NarvlError, match=r"list.pt: train.init_resnet: expected a ResNet state dict"):
         load_resnet(tmp_path / "list.pt", ours)
@@ -431,3 +435,13 @@ def test_init_resnet_takes_torchvision_weights_and_refuses_what_does_not_fit(tmp
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(NarvlError, match="evil.pt"):
         load_resnet(tmp_path / "evil.pt", ours)
+
+
+def test_pretrain_resnet_refuses_bad_values_naming_the_file(tmp_path, capsys):
+    """`narvl pretrain-resnet` with train.resnet_pretrain.steps 0: a NarvlError naming train.yaml, nothing written."""
+    params = T.make_params(ROOT / "params", tmp_path / "params",
+                           resnet_pretrain={"scenes": 8, "test_scenes": 4, "steps": 0, "batch": 4, "lr": 1.0e-3})
+    out = tmp_path / "out" / "resnet.pt"
+    assert cli_main(["pretrain-resnet", "--params", str(params), "--out", str(out)]) == 2
+    assert re.search(r"params/train.yaml: train.resnet_pretrain: .* at least 1", capsys.readouterr().err)
+    assert not out.exists()

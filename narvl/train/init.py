@@ -79,7 +79,10 @@ def resnet_state(path: str | Path) -> dict:
     blob = load_torch_file(path)
     if isinstance(blob, dict) and blob.get("format") == RESNET_FORMAT:
         blob = blob.get("state_dict")
-    if not isinstance(blob, dict) or not blob or not all(isinstance(k, str) for k in blob):
+    import torch
+
+    if not isinstance(blob, dict) or not blob or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                         for k, v in blob.items()):
         raise NarvlError(f"{path}: train.init_resnet: expected a ResNet state dict (parameter name -> tensor) or a "
                          f"`narvl pretrain-resnet` file")
     return {k: v for k, v in blob.items() if not k.startswith(RESNET_IGNORED)}

@@ -62,7 +62,7 @@ def render_scenes(synth, count: int, seed: str):
     return x.float(), torch.tensor(shapes), torch.tensor(cols)
 
 
-def pretrain(synth, arch, rp, seed: int, progress: bool = True) -> dict:
+def pretrain(synth, arch, rp, seed: int, progress: bool = True, where: str = "train params") -> dict:
     """Train the ResNet of `arch` (model params) on rendered one-object scenes; -> the file's content."""
     import torch
     import torch.nn.functional as F
@@ -73,8 +73,8 @@ def pretrain(synth, arch, rp, seed: int, progress: bool = True) -> dict:
     from narvl.synth import scene as synth_scene
 
     if min(rp.scenes, rp.test_scenes, rp.steps, rp.batch) < 1 or rp.lr <= 0:
-        raise NarvlError(f"train.resnet_pretrain: scenes, test_scenes, steps and batch must be at least 1 and lr "
-                         f"positive, got {rp}")
+        raise NarvlError(f"{where}: train.resnet_pretrain: scenes, test_scenes, steps and batch must be at least 1 "
+                         f"and lr positive, got {rp}")
     torch.set_num_threads(1)
     x, y_shape, y_colour = render_scenes(synth, rp.scenes + rp.test_scenes, f"{synth.seed}-resnet-pretrain")
     torch.manual_seed(seed)
@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     arch = P.load_stage(args.params, "model").arch()
     synth = P.load_stage(args.params, "data").synth
     check_output(args.out, is_dir=False, inputs=[args.params])
-    blob = pretrain(synth, arch, train.resnet_pretrain, train.seed)
+    blob = pretrain(synth, arch, train.resnet_pretrain, train.seed, where=str(args.params / "train.yaml"))
     buf = io.BytesIO()
     torch.save(blob, buf)
     write_bytes(args.out, buf.getvalue())

@@ -19,7 +19,7 @@ DISTILL_VALUES_DROP = ("decode.bench_batch_sizes", "decode.bench_repeats", "deco
 
 
 rule pretrain_resnet:
-    """ImageNet in miniature (pipeline.pretrain_resnet): the ResNet every training starts from (docs/model.md)."""
+    """ImageNet in miniature (pipeline.pretrain_resnet): the ResNet every training starts from (docs/training.md)."""
     input:
         params=ancient_params("train", "model", "data"),
         code=sources("narvl.train.pretrain_resnet"),
