@@ -185,6 +185,16 @@ class ResnetPretrainParams:
 
 
 @dataclass(frozen=True)
+class PretrainParams:
+    """The multi-task AR stage (`narvl train --task pretrain`, pipeline.pretrain): OFA's pretraining in miniature, one
+    AR model on every task's training split; each AR and NAR fine-tune starts from it through train.init."""
+
+    steps: int
+    # the share of the training batches each task gets (relative weights; a task left out or at 0 is not used)
+    weights: dict[Task, float]
+
+
+@dataclass(frozen=True)
 class TrainParams:
     seed: int
     # start from these weights (null: from scratch): a narvl model file (`narvl import-ofa`, `narvl export`) or an
@@ -195,6 +205,7 @@ class TrainParams:
     # or `narvl pretrain-resnet`'s file) loaded into the encoder's ResNet before train.init; null: none
     init_resnet: str | None
     resnet_pretrain: ResnetPretrainParams  # `narvl pretrain-resnet` (pipeline.pretrain_resnet)
+    pretrain: PretrainParams  # `narvl train --task pretrain` (pipeline.pretrain)
     # per task, train.* fields that differ from the values below (e.g. NARVL's per-task lr and batch)
     task_overrides: dict[str, dict[str, Any]]
     nproc: int  # data-parallel processes on one node (CPU: gloo; GPU: nccl, one per GPU)
@@ -239,7 +250,8 @@ class TrainParams:
         """These parameters with train.task_overrides[task] applied (checked like the file's own values)."""
         over = self.task_overrides.get(task, {})
         known = {f.name for f in dataclasses.fields(TrainParams)} - {"task_overrides", "init", "init_bpe_dir",
-                                                                       "init_resnet", "resnet_pretrain"}
+                                                                       "init_resnet", "resnet_pretrain",
+                                                                       "pretrain"}
         for key in over:
             if key not in known:
                 raise NarvlError(f"{where}: train.task_overrides.{task}.{key}: not a per-task train field"
@@ -311,6 +323,9 @@ class PipelineParams:
     seeds: list[int]  # train.seed of each AR/NAR run: the first gives runs/<task>-<kind>, the others <kind>-seed<N>
     # `narvl pretrain-resnet` once (runs/resnet-pretrain/resnet.pt), and every training starts its ResNet from it
     pretrain_resnet: bool
+    # `narvl train --task pretrain` once per seed (runs/pretrain-ar[-seed<N>]), and every AR and NAR training of that
+    # seed starts from its model (train.init)
+    pretrain: bool
     eval_splits: dict[Task, list[str]]
     raw_dir: str
     shards_dir: str

@@ -176,3 +176,27 @@ def test_training_with_more_slots_than_samples_stops_with_a_clear_error(tmp_path
     loader = train_loader(tmp_path / "c", "train", tok, data_params(100, 0), "caption", 2, 3, 4, seed=0)
     with pytest.raises(NarvlError, match="4 slots, more than the split's samples: slot 3 gets none"):
         next(iter(loader))
+
+
+def test_mixed_batches_draw_tasks_by_weight_alike_on_every_rank_and_tag_them():
+    """`narvl train --task pretrain`'s stream: each batch is one task's, tagged, drawn in proportion to the weights by
+    a generator of the seed alone (two ranks draw the same tasks), each task's own stream in its own order."""
+    from narvl.data.loader import mixed_batches
+
+    def stream(task, rank):
+        return ({"n": i, "rank": rank} for i in range(10**6))
+
+    weights = {"caption": 1.0, "grounding": 3.0}
+    draws = {rank: [next(it) for _ in range(4000)] for rank in (0, 1)
+             for it in [mixed_batches({t: stream(t, rank) for t in weights}, weights, seed=5)]}
+    tasks = [[b["task"] for b in draws[rank]] for rank in (0, 1)]
+    assert tasks[0] == tasks[1]
+    share = Counter(tasks[0])["grounding"] / 4000
+    assert 0.72 < share < 0.78, share
+    for task in weights:  # each task's batches come in its stream's order
+        assert [b["n"] for b in draws[0] if b["task"] == task] == list(range(Counter(tasks[0])[task]))
+    other = [b["task"] for b, _ in zip(mixed_batches({t: stream(t, 0) for t in weights}, weights, seed=6),
+                                       range(4000))]
+    assert other != tasks[0]
+    single = mixed_batches({"vqa": stream("vqa", 0)}, {"vqa": 1.0}, seed=5)
+    assert [next(single)["task"] for _ in range(3)] == ["vqa"] * 3

@@ -385,3 +385,39 @@ def test_pretrain_resnet_starts_every_training_s_resnet(tiny):
     plain = json.loads((tiny["dir"] / "caption-nar" / "checkpoints" / "run.json").read_text()) \
         if (tiny["dir"] / "caption-nar" / "checkpoints" / "run.json").is_file() else None
     assert plain is None or "init_resnet" not in plain["identity"]  # runs without it keep their identity
+
+
+def test_multi_task_pretraining_starts_a_nar_fine_tune(tiny):
+    """`narvl train --task pretrain` (OFA's pretraining in miniature) on the tasks' folders under --shards: an AR run
+    with a validation per task in summary.json and tensorboard; its exported model starts a NAR run through --init
+    (every weight but the new query vectors carried over), recorded in the run's identity."""
+    root = tiny["dir"] / "shard-root"
+    root.mkdir()
+    (root / "caption").symlink_to(tiny["shards"])
+    params = T.make_params(ROOT / "params", tiny["dir"] / "params-pretrain", steps={"caption": 1, "vqa": 1,
+                                                                                     "grounding": 1},
+                           lr=1.0e-12, warmup_steps=0, pretrain={"steps": 6, "weights": {"caption": 1.0}})
+    out = tiny["dir"] / "pretrain-ar"
+    proc = run_narvl("train", "--params", str(params), "--task", "pretrain", "--kind", "ar", "--shards", str(root),
+                     "--tokenizer", str(tiny["tokenizer"]), "--out", str(out))
+    assert "train pretrain-ar" in proc.stderr and "validation on val of caption at step 6" in proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "pretrain" and summary["kind"] == "ar" and summary["steps"] == 6
+    assert summary["tasks"] == {"caption": 1.0} and summary["val"]["caption"]["split"] == "val"
+    assert summary["val"]["caption"]["samples"] == 16
+    assert "val/caption/loss" in scalars(out / "tb")
+    export(out, out / "model.pt")
+
+    fine = tiny["dir"] / "caption-nar-from-pretrain"
+    proc = run_narvl(*train_args(tiny, fine, params=params), "--init", str(out / "model.pt"))
+    assert "narvl ar model file (task pretrain, step 6)" in proc.stderr and "new: queries" in proc.stderr
+    from narvl import model as narvl_model
+
+    start = narvl_model.load(out / "model.pt")[0].state_dict()
+    state = module_state(fine / "checkpoints" / ck.tag_for(1))
+    carried = {k: v for k, v in start.items() if "running_" not in k and "num_batches" not in k}
+    assert set(state) - set(start) == {"queries"}
+    for key, value in carried.items():
+        assert torch.allclose(state[key].float(), value.float(), atol=1e-6), key
+    assert json.loads((fine / "checkpoints" / "run.json").read_text())["identity"]["init"]["sha256"] == \
+        file_sha256(out / "model.pt")

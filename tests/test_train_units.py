@@ -445,3 +445,23 @@ def test_pretrain_resnet_refuses_bad_values_naming_the_file(tmp_path, capsys):
     assert cli_main(["pretrain-resnet", "--params", str(params), "--out", str(out)]) == 2
     assert re.search(r"params/train.yaml: train.resnet_pretrain: .* at least 1", capsys.readouterr().err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("pretrain, kind, message", [
+    ({"steps": 0, "weights": {"caption": 1.0}}, "ar", r"train.pretrain.steps = 0 must be at least 1"),
+    ({"steps": 4, "weights": {"caption": 0.0}}, "ar", r"train.pretrain.weights = .*one at least positive"),
+    ({"steps": 4, "weights": {"caption": -1.0, "vqa": 1.0}}, "ar", r"every weight must be 0 or more"),
+    ({"steps": 4, "weights": {"caption": 1.0}}, "nar", r"--task pretrain trains an AR model"),
+    ({"steps": 4, "weights": {"caption": 1.0, "vqa": 1.0}}, "ar", r"vqa: no such shard folder"),
+])
+def test_pretrain_refuses_bad_values_naming_the_file(inputs, capsys, tmp_path, pretrain, kind, message):
+    """`narvl train --task pretrain`: bad train.pretrain values, a NAR kind or a task without its shard folder under
+    --shards are refused before any work, and nothing is written."""
+    root = tmp_path / "shards"
+    root.mkdir()
+    (root / "caption").symlink_to(inputs["shards"])
+    params = T.make_params(ROOT / "params", tmp_path / "params", pretrain=pretrain)
+    code, err, _ = train_cli(inputs, capsys, params=params, task="pretrain", kind=kind, shards=root,
+                             out=tmp_path / "run")
+    assert code == 2 and re.search(message, err), err
+    assert not (tmp_path / "run").exists()

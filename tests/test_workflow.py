@@ -133,9 +133,18 @@ def test_several_seeds_train_each_model_again_and_decode_it(tmp_path):
     assert not any(p.startswith("runs/") and "-seed" in p for p in bench["input"])
     proc = snakemake("-n", "--forceall", "-p", "--nocolor", "--config", f"params_dir={params}")
     shown = proc.stdout + proc.stderr
+    # every run starts from its seed's multi-task AR model (pipeline.pretrain), whose ResNet starts from the one
+    # pretrained ResNet (pipeline.pretrain_resnet)
     assert "--kind ar --shards data/shards/vqa --tokenizer data/shards/tokenizer.json --out runs/vqa-ar-seed1 --seed 1" \
-        " --init-resnet runs/resnet-pretrain/resnet.pt" in shown  # every run starts from the one pretrained ResNet
-    assert "--out runs/vqa-ar  --init-resnet runs/resnet-pretrain/resnet.pt >" in shown  # train.seed, no --seed
+        " --init runs/pretrain-ar-seed1/model.pt --init-resnet runs/resnet-pretrain/resnet.pt" in shown
+    assert "--out runs/vqa-ar  --init runs/pretrain-ar/model.pt --init-resnet runs/resnet-pretrain/resnet.pt >" \
+        in shown  # train.seed, no --seed
+    assert "--task pretrain --kind ar --shards data/shards --tokenizer data/shards/tokenizer.json --out " \
+        "runs/pretrain-ar-seed1 --seed 1 --init-resnet runs/resnet-pretrain/resnet.pt" in shown
+    pretrain = sorted(j["output"][0] for j in jobs if j["rule"] == "pretrain")
+    assert pretrain == ["runs/pretrain-ar-seed1/summary.json", "runs/pretrain-ar/summary.json"]
+    kd = next(j for j in jobs if j["rule"] == "train_kd")
+    assert "runs/pretrain-ar/model.pt" in kd["input"]  # the KD students stay on the first seed
     # the ordinary runs train with train.seed: a seeds list that does not start with it is refused
     doc["pipeline"]["seeds"] = [1, 2]
     (params / "pipeline.yaml").write_text(yaml.safe_dump(doc))
@@ -282,6 +291,24 @@ def test_bad_pipeline_values_fail_with_the_schema(tmp_path):
     assert proc.returncode != 0 and "pipeline.ar_decoders.grounding: ['trie'] not among the task's constrained " \
         "decoders (bins)" in proc.stdout + proc.stderr
 
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"train": {"init": "weights.pt"}}, "pipeline.pretrain makes the model every training starts from, but train.init "
+                                        "names one too (weights.pt): set one of them"),
+    ({"pipeline": {"tasks": ["caption", "vqa", "grounding"]}},
+     "pipeline.pretrain trains on entailment (train.pretrain.weights), which pipeline.tasks leaves out"),
+])
+def test_pretrain_conflicts_are_refused_by_name(tmp_path, edit, message):
+    """pipeline.pretrain with train.init set, or with a weighted task the pipeline does not have: refused."""
+    params = tmp_path / "params"
+    shutil.copytree(ROOT / "params", params, ignore=shutil.ignore_patterns("real"))
+    for stage, values in edit.items():
+        doc = yaml.safe_load((params / f"{stage}.yaml").read_text())
+        doc[stage].update(values)
+        (params / f"{stage}.yaml").write_text(yaml.safe_dump(doc))
+    proc = snakemake("-n", "--config", f"params_dir={params}", check=False)
+    assert proc.returncode != 0 and message in " ".join((proc.stdout + proc.stderr).split())
 
 # ---------------------------------------------------------------------------------------- DVC vs Snakemake
 def dvc_stages(root: Path) -> tuple[list[dict], list[str], list[str]]:

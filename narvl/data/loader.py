@@ -214,6 +214,22 @@ def train_loader(shard_dir, split: str, tokenizer: Tokenizer, data_params, task:
     return Loader(stream, lp.num_workers, samples, math.ceil(samples / (micro_batch * world_size)))
 
 
+def mixed_batches(loaders: dict[str, Any], weights: dict[str, float], seed: int) -> Iterator[dict[str, Any]]:
+    """Endless training batches from several tasks' streams (`narvl train --task pretrain`), each tagged with its
+    task (batch["task"]): every batch is one task's, drawn with probability proportional to weights[task] by a
+    generator seeded with `seed` alone, so that all ranks draw the same sequence of tasks and every optimizer step
+    has one objective. With one task it is that task's stream."""
+    names = sorted(loaders)
+    rng = random.Random(f"{seed}-tasks")
+    streams = {name: iter(loaders[name]) for name in names}
+    shares = [weights[name] for name in names]
+    while True:
+        name = names[0] if len(names) == 1 else rng.choices(names, shares)[0]
+        batch = next(streams[name])
+        batch["task"] = name
+        yield batch
+
+
 def eval_loader(shard_dir, split: str, tokenizer: Tokenizer, data_params, task: str, micro_batch: int,
                 rank: int, world_size: int) -> Loader:
     """Every sample of the split exactly once across ranks and workers, in a fixed order, meta kept."""
@@ -223,4 +239,4 @@ def eval_loader(shard_dir, split: str, tokenizer: Tokenizer, data_params, task: 
     return Loader(stream, data_params.loader.num_workers, samples, math.ceil(samples / (micro_batch * world_size)))
 
 
-__all__ = ["train_loader", "eval_loader", "iter_samples", "Collator", "Loader", "decode_jpeg"]
+__all__ = ["train_loader", "eval_loader", "mixed_batches", "iter_samples", "Collator", "Loader", "decode_jpeg"]

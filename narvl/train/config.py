@@ -11,6 +11,8 @@ from typing import Any
 from narvl.errors import NarvlError
 from narvl.params import TrainParams
 
+PRETRAIN = "pretrain"  # `narvl train --task pretrain`: the multi-task AR stage (train.pretrain)
+
 
 def check_batch(train: TrainParams, world_size: int, where: str) -> None:
     """micro_batch x grad_accum x world size must equal global_batch."""
@@ -25,15 +27,32 @@ def check_batch(train: TrainParams, world_size: int, where: str) -> None:
             f"{train.global_batch}")
 
 
+def check_pretrain_params(train: TrainParams, where: str) -> None:
+    """train.pretrain: at least one step, weights that are not negative and not all zero, a val split per task."""
+    pre = train.pretrain
+    if pre.steps < 1:
+        raise NarvlError(f"{where}: train.pretrain.steps = {pre.steps} must be at least 1")
+    bad = {t: w for t, w in pre.weights.items() if not w >= 0}
+    if bad or not any(w > 0 for w in pre.weights.values()):
+        raise NarvlError(f"{where}: train.pretrain.weights = {dict(pre.weights)}: every weight must be 0 or more "
+                         f"and one at least positive")
+    for task, w in pre.weights.items():
+        if w > 0 and task not in train.val_split:
+            raise NarvlError(f"{where}: train.val_split has no entry for task '{task}' (train.pretrain.weights)")
+
+
 def check_train_params(train: TrainParams, task: str, world_size: int, cuda: bool, where: str) -> None:
     """Every train.* value this run uses, checked before any work."""
     check_batch(train, world_size, where)
-    if task not in train.steps:
-        raise NarvlError(f"{where}: train.steps has no entry for task '{task}' (has: {', '.join(train.steps)})")
-    if train.steps[task] < 1:
-        raise NarvlError(f"{where}: train.steps.{task} = {train.steps[task]} must be at least 1")
-    if task not in train.val_split:
-        raise NarvlError(f"{where}: train.val_split has no entry for task '{task}'")
+    if task == PRETRAIN:
+        check_pretrain_params(train, where)
+    else:
+        if task not in train.steps:
+            raise NarvlError(f"{where}: train.steps has no entry for task '{task}' (has: {', '.join(train.steps)})")
+        if train.steps[task] < 1:
+            raise NarvlError(f"{where}: train.steps.{task} = {train.steps[task]} must be at least 1")
+        if task not in train.val_split:
+            raise NarvlError(f"{where}: train.val_split has no entry for task '{task}'")
     if train.zero_stage not in (0, 1, 2, 3):
         raise NarvlError(f"{where}: train.zero_stage = {train.zero_stage} is not one of 0, 1, 2, 3")
     if train.precision == "fp16" and not cuda:

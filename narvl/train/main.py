@@ -1,8 +1,10 @@
 """Train the NAR model (Q-CTC over N query slots) or the AR baseline (teacher-forced cross-entropy) with DeepSpeed.
 
 Reads   --params DIR       train.yaml, model.yaml, data.yaml (train.init: the weights to start from, narvl/train/init.py)
+        --init FILE        train.init for this run (the workflow's multi-task AR model, pipeline.pretrain)
         --init-resnet FILE train.init_resnet for this run (OFA's resnet_model_path: the ResNet's starting weights)
-        --shards DIR       sizes.json and <task>-<split>-NNNNNN.tar (the train split and train.val_split[task])
+        --shards DIR       sizes.json and <task>-<split>-NNNNNN.tar (the train split and train.val_split[task]);
+                           --task pretrain: the folder holding one such folder per task of train.pretrain.weights
         --tokenizer FILE   tokenizer.json
 Writes  --out DIR          checkpoints/ (resumable DeepSpeed checkpoints, run.json), ds_config.json (the resolved
                            DeepSpeed config), tb/ (tensorboard scalars), summary.json (written at the end)
@@ -15,6 +17,12 @@ over nccl (one GPU per rank).
 Resume: re-running the same command continues from the newest COMPLETE checkpoint in --out/checkpoints (a run
 killed while saving leaves an unmarked folder, which is ignored), restoring weights, optimizer, LR schedule, RNG
 states and the data position. Checkpoints written for another model configuration are refused.
+
+--task pretrain (AR only) is OFA's pretraining in miniature: one AR model trained train.pretrain.steps steps on
+every task of train.pretrain.weights. Each batch comes from one task, drawn with probability proportional to its
+weight by a generator every rank seeds alike (narvl.data.loader.mixed_batches), and is trained with that task's
+objective; the end-of-run validation reports each task's val split. Fine-tunes start from its exported model
+through train.init (an AR file starts a NAR run with new query vectors, as NARVL's decoder starts from OFA's).
 
 Everything is checked before any work: batch arithmetic (micro_batch x grad_accum x world size = global_batch),
 shards, sizes.json, tokenizer, the checkpoint's model configuration.
@@ -42,19 +50,23 @@ from narvl.errors import NarvlError
 from narvl.io import file_sha256, restricted_torch_loads, write_json
 from narvl.train import checkpoint as ck
 from narvl.train import launch
-from narvl.train.config import check_train_params
+from narvl.train.config import PRETRAIN, check_train_params
 
 log = logging.getLogger("narvl.train")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", required=True, help="parameter folder (train.yaml, model.yaml, data.yaml)")
-    parser.add_argument("--task", required=True, choices=P.TASKS)
+    parser.add_argument("--task", required=True, choices=(*P.TASKS, PRETRAIN),
+                        help=f"the task; {PRETRAIN}: the multi-task AR stage on train.pretrain.weights' tasks")
     parser.add_argument("--kind", required=True, choices=("ar", "nar"), help="nar: Q-CTC model; ar: baseline")
-    parser.add_argument("--shards", required=True, help="shard folder with sizes.json (data/shards/TASK)")
+    parser.add_argument("--shards", required=True, help="shard folder with sizes.json (data/shards/TASK); "
+                        f"--task {PRETRAIN}: the folder of the tasks' shard folders (data/shards)")
     parser.add_argument("--tokenizer", required=True, help="tokenizer.json")
     parser.add_argument("--out", required=True, help="run folder (runs/TASK-KIND)")
     parser.add_argument("--seed", type=int, help="train.seed for this run (pipeline.seeds: one run per seed)")
+    parser.add_argument("--init", help="train.init for this run: the weights it starts from (a narvl model file "
+                        "or an OFA checkpoint; pipeline.pretrain gives the multi-task AR model)")
     parser.add_argument("--init-resnet", help="train.init_resnet for this run: the ResNet's starting weights (a "
                         "`narvl pretrain-resnet` file or a torchvision-layout state dict; pipeline.pretrain_resnet)")
 
@@ -63,9 +75,10 @@ def narvl_argv(args: argparse.Namespace) -> list[str]:
     """The command line that re-runs this command (for torchrun)."""
     argv = ["-v"] if getattr(args, "verbose", False) else []
     seed = [] if getattr(args, "seed", None) is None else ["--seed", str(args.seed)]
+    init = [] if getattr(args, "init", None) is None else ["--init", args.init]
     resnet = [] if getattr(args, "init_resnet", None) is None else ["--init-resnet", args.init_resnet]
     return argv + ["train", "--params", args.params, "--task", args.task, "--kind", args.kind,
-                   "--shards", args.shards, "--tokenizer", args.tokenizer, "--out", args.out] + seed + resnet
+                   "--shards", args.shards, "--tokenizer", args.tokenizer, "--out", args.out] + seed + init + resnet
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -73,12 +86,15 @@ def narvl_argv(args: argparse.Namespace) -> list[str]:
 class Setup:
     """Everything a rank needs, checked before any work."""
 
-    task: str
+    task: str  # a task, or PRETRAIN
     kind: str
     train: P.TrainParams  # train.task_overrides[task] and --seed applied
     data: P.DataParams
     identity: Any  # narvl.model.ModelIdentity: what the model is (kind, task, arch, vocabulary, slots, special ids)
-    shards: Path
+    shards: Path  # --shards
+    sources: dict[str, Path]  # the shard folder of each task trained on (one task, or train.pretrain's)
+    weights: dict[str, float]  # each task's share of the batches
+    steps: int  # train.steps[task], or train.pretrain.steps
     tokenizer: Any
     out: Path
     run_info: dict[str, Any]  # run.json: the model identity, world size, tokenizer
@@ -90,7 +106,7 @@ class Setup:
 
     @property
     def total_steps(self) -> int:
-        return self.train.steps[self.task]
+        return self.steps
 
     @property
     def world_size(self) -> int:
@@ -139,35 +155,46 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     """Every check of a run with `world_size` ranks; `params`: load_params(args.params) when already loaded."""
     train, model_params, data = params or load_params(args.params)
     where = f"{Path(args.params) / 'train.yaml'}"
+    pretrain = args.task == PRETRAIN
     train = train.for_task(args.task, where)
     if getattr(args, "seed", None) is not None:
         train = dataclasses.replace(train, seed=args.seed)
+    if getattr(args, "init", None) is not None:
+        train = dataclasses.replace(train, init=args.init)
     if getattr(args, "init_resnet", None) is not None:
         train = dataclasses.replace(train, init_resnet=args.init_resnet)
     check_train_params(train, args.task, world_size, cuda, where)
+    if pretrain and args.kind != "ar":
+        raise NarvlError(f"--task {PRETRAIN} trains an AR model (OFA's pretraining); NAR models start from it "
+                         f"through train.init")
     init = _start_file(train.init, "init", "a narvl model file or an OFA checkpoint", where)
     init_resnet = _start_file(train.init_resnet, "init_resnet", "a ResNet state dict or a `narvl pretrain-resnet` "
                               "file", where)
     arch = model_params.arch()
-    if args.task not in model_params.num_queries:
-        raise NarvlError(f"{Path(args.params) / 'model.yaml'}: model.num_queries has no entry for '{args.task}'")
-    num_queries = model_params.num_queries[args.task]
-    max_tgt = data.loader.max_target_len.get(args.task)
-    if max_tgt is None:
-        raise NarvlError(f"{Path(args.params) / 'data.yaml'}: data.loader.max_target_len has no entry for "
-                         f"'{args.task}'")
-    if args.kind == "nar" and num_queries > arch.max_target_len:
-        raise NarvlError(f"model.num_queries.{args.task} = {num_queries} exceeds the architecture's max_target_len "
-                         f"{arch.max_target_len}")
-    tasks.get(args.task).check_train(args.kind, num_queries, max_tgt, train, str(args.params))
-    if args.kind == "ar" and max_tgt + 1 > arch.max_target_len:
-        raise NarvlError(f"data.loader.max_target_len.{args.task} = {max_tgt} (+1 for EOS) exceeds the "
-                         f"architecture's max_target_len {arch.max_target_len}")
+    shards = Path(args.shards)
+    weights = ({t: float(w) for t, w in train.pretrain.weights.items() if w > 0} if pretrain else {args.task: 1.0})
+    sources = {t: shards / t for t in weights} if pretrain else {args.task: shards}
+    for task, folder in sources.items():
+        if task not in model_params.num_queries:
+            raise NarvlError(f"{Path(args.params) / 'model.yaml'}: model.num_queries has no entry for '{task}'")
+        num_queries = model_params.num_queries[task]
+        max_tgt = data.loader.max_target_len.get(task)
+        if max_tgt is None:
+            raise NarvlError(f"{Path(args.params) / 'data.yaml'}: data.loader.max_target_len has no entry for "
+                             f"'{task}'")
+        if args.kind == "nar" and num_queries > arch.max_target_len:
+            raise NarvlError(f"model.num_queries.{task} = {num_queries} exceeds the architecture's max_target_len "
+                             f"{arch.max_target_len}")
+        tasks.get(task).check_train(args.kind, num_queries, max_tgt, train, str(args.params))
+        if args.kind == "ar" and max_tgt + 1 > arch.max_target_len:
+            raise NarvlError(f"data.loader.max_target_len.{task} = {max_tgt} (+1 for EOS) exceeds the "
+                             f"architecture's max_target_len {arch.max_target_len}")
+        check_shards(folder, task, ["train", train.val_split[task]])
     if data.loader.max_source_len > arch.max_source_len:
         raise NarvlError(f"data.loader.max_source_len = {data.loader.max_source_len} exceeds the architecture's "
                          f"max_source_len {arch.max_source_len}")
-    shards = Path(args.shards)
-    check_shards(shards, args.task, ["train", train.val_split[args.task]])
+    # an AR model has no query slots; the multi-task model records the largest (a NAR fine-tune makes its own)
+    num_queries = max(model_params.num_queries[t] for t in sources)
 
     from narvl.data.tokenizer import Tokenizer
     from narvl.model import ModelIdentity
@@ -192,6 +219,8 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     blob = json.dumps({"train": P.to_dict(train), "model": P.to_dict(model_params), "data": P.to_dict(data),
                        "task": args.task, "kind": args.kind}, sort_keys=True).encode()
     return Setup(task=args.task, kind=args.kind, train=train, data=data, identity=model_identity, shards=shards,
+                 sources=sources, weights=weights,
+                 steps=train.pretrain.steps if pretrain else train.steps[args.task],
                  tokenizer=tokenizer, out=out, run_info=run_info,
                  params_hash=hashlib.sha256(blob).hexdigest()[:12])
 
@@ -383,7 +412,7 @@ class Trainer:
             log.info("initial weights from %s", load_init(train.init, self.model, s.tokenizer, train.init_bpe_dir))
         self.engine, _, _, self.group_names, self.ds_config = build_engine(self.model, train, s.total_steps)
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
-        self.obj = objective(s.kind, s.task, s.identity.special_ids, s.tokenizer, train)
+        self.objs = {task: objective(s.kind, task, s.identity.special_ids, s.tokenizer, train) for task in s.sources}
         # DeepSpeed reports the gradient norm only through its ZeRO / mixed-precision optimizer wrappers
         self.plain_fp32 = train.zero_stage == 0 and train.precision == "fp32"
 
@@ -457,7 +486,7 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        from narvl.data.loader import train_loader
+        from narvl.data.loader import mixed_batches, train_loader
         from narvl.train.engine import StatWindow
 
         s, train, rank, world, start = self.s, self.train, self.rank, self.world, self.start.step
@@ -465,7 +494,9 @@ class Trainer:
             write_json(s.out / "ds_config.json", dict(self.ds_config, world_size=world))
 
         def make(seed: int):
-            return train_loader(s.shards, "train", s.tokenizer, s.data, s.task, train.micro_batch, rank, world, seed)
+            loaders = {task: train_loader(folder, "train", s.tokenizer, s.data, task, train.micro_batch, rank, world,
+                                          seed) for task, folder in s.sources.items()}
+            return mixed_batches(loaders, s.weights, seed)
 
         self.stream = BatchStream(make, self.start.seed, self.start.skip, show=rank == 0) \
             if start < s.total_steps else None
@@ -489,7 +520,7 @@ class Trainer:
         own_norm = None
         for micro in range(train.grad_accum):
             batch = to_device(next(self.stream), engine.device, self.dtype)
-            loss, stats = forward_loss(engine, batch, self.obj)
+            loss, stats = forward_loss(engine, batch, self.objs[batch["task"]])
             engine.backward(loss)
             if logging_step and micro == train.grad_accum - 1 and self.plain_fp32:
                 own_norm = grad_norm_of(engine.module)  # gradients are all-reduced by now, not yet clipped
@@ -538,25 +569,31 @@ class Trainer:
                              sps=f"{samples_per_s:.1f}", refresh=False)
         p.window_compute_s, p.window_steps = 0.0, 0
 
-    def _validate(self, step: int) -> dict[str, float]:
+    def _validate(self, step: int) -> dict[str, Any]:
         """Loss and exact match on train.val_split (each rank its part, or all the same batches under ZeRO-3,
-        which needs every rank in every forward)."""
+        which needs every rank in every forward); a multi-task run validates each task's split, logged per task."""
         from narvl.data.loader import eval_loader
         from narvl.train.engine import validate
 
         s, train, writer = self.s, self.train, self.writer
         split_val = train.zero_stage < 3
-        val_split = train.val_split[s.task]
-        batches = eval_loader(s.shards, val_split, s.tokenizer, s.data, s.task, train.micro_batch,
-                              self.rank if split_val else 0, self.world if split_val else 1)
-        result = validate(self.engine, batches, self.obj, train.val_batches, self.dtype, reduce_over_ranks=split_val)
-        if writer is not None:
-            for k in ("loss", "exact_match", "infeasible"):
-                writer.add_scalar(f"val/{k}", result[k], step)
-            writer.flush()
-        log.info("validation on %s at step %d: loss %.4f, exact match %.3f (%d samples)", val_split, step,
-                 result["loss"], result["exact_match"], result["samples"])
-        return result
+        results = {}
+        for task, folder in s.sources.items():
+            val_split = train.val_split[task]
+            batches = eval_loader(folder, val_split, s.tokenizer, s.data, task, train.micro_batch,
+                                  self.rank if split_val else 0, self.world if split_val else 1)
+            result = validate(self.engine, batches, self.objs[task], train.val_batches, self.dtype,
+                              reduce_over_ranks=split_val)
+            prefix = "val" if task == s.task else f"val/{task}"
+            if writer is not None:
+                for k in ("loss", "exact_match", "infeasible"):
+                    writer.add_scalar(f"{prefix}/{k}", result[k], step)
+                writer.flush()
+            log.info("validation on %s%s at step %d: loss %.4f, exact match %.3f (%d samples)", val_split,
+                     "" if task == s.task else f" of {task}", step, result["loss"], result["exact_match"],
+                     result["samples"])
+            results[task] = dict(result, split=val_split)
+        return results[s.task] if s.task in results else results
 
     def _totals(self, step: int) -> dict[str, float]:
         """wall_s, infeasible_total and samples_seen over this run and the runs it resumed."""
@@ -596,13 +633,14 @@ class Trainer:
             "resumed": self.start.step > 0, "world_size": self.world, "device": "cuda" if self.cuda else "cpu",
             "precision": train.precision, "zero_stage": train.zero_stage, "global_batch": train.global_batch,
             "micro_batch": train.micro_batch, "grad_accum": train.grad_accum, "final": p.last_terms,
-            "val": dict(val, split=train.val_split[s.task]),
+            "val": val,  # a multi-task run: per task
             "samples_per_s": trained * train.global_batch / p.compute_s if p.compute_s > 0 else None,
             "wall_s": time.perf_counter() - self.t_start,
             "wall_s_total": totals["wall_s"], "infeasible_total": totals["infeasible_total"],
             "params_hash": s.params_hash, "identity_hash": s.run_info["identity_hash"],
             "num_parameters": count_parameters(self.model), "tokenizer": s.run_info["tokenizer"],
             "shards": str(s.shards),
+            **({"tasks": s.weights} if s.task not in s.sources else {}),
         }
         if self.rank == 0:
             write_json(s.out / "summary.json", summary)

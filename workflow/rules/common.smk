@@ -211,6 +211,41 @@ def resnet_argument(wildcards, input):
     return ["--init-resnet", input.resnet[0]] if RESNET else []
 
 
+# pipeline.pretrain: OFA's pretraining in miniature (`narvl train --task pretrain`), one multi-task AR model per seed
+# that every AR and NAR training of that seed starts from (train.init)
+PRETRAIN_TASKS = [task for task, weight in TRAIN.pretrain.weights.items() if weight > 0]
+if PIPELINE.pretrain:
+    if TRAIN.init:
+        raise WorkflowError(f"{STAGE_FILES['pipeline']}: pipeline.pretrain makes the model every training starts from, "
+                            f"but train.init names one too ({TRAIN.init}): set one of them")
+    _absent = [task for task in PRETRAIN_TASKS if task not in PIPELINE.tasks]
+    if _absent:
+        raise WorkflowError(f"{STAGE_FILES['pipeline']}: pipeline.pretrain trains on {', '.join(_absent)} "
+                            f"(train.pretrain.weights), which pipeline.tasks leaves out: add it there or set its "
+                            f"weight to 0")
+
+
+def pretrain_run(seed):
+    """The multi-task AR run of train seed `seed`: runs/pretrain-ar, runs/pretrain-ar-seed<N> for later seeds."""
+    return f"{RUNS}/pretrain-ar" + ("" if seed == PIPELINE.seeds[0] else f"-seed{seed}")
+
+
+def init_input(wildcards):
+    """A train job's starting weights: the multi-task AR model of its seed (pipeline.pretrain), or train.init and
+    train.init_bpe_dir (none: [])."""
+    if PIPELINE.pretrain:
+        run = getattr(wildcards, "run", "")
+        seed = int(run.split("-seed")[1]) if "-seed" in run else PIPELINE.seeds[0]
+        return [f"{pretrain_run(seed)}/model.pt"]
+    return [path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path]
+
+
+def init_argument(wildcards, input):
+    """`--init FILE` for the multi-task AR model (pipeline.pretrain; train.init is read from the params), as
+    separate words for `{params.init:q}`."""
+    return ["--init", input.init[0]] if PIPELINE.pretrain else []
+
+
 def seeded(task):
     """The AR/NAR models of the seeds after the first (pipeline.seeds): <kind>-seed<N>; no KD students for them."""
     return [f"{kind}-seed{seed}" for seed in PIPELINE.seeds[1:] for kind in PIPELINE.kinds]

@@ -9,7 +9,7 @@
 # srun prefix (docs/workflow.md, "Slurm"): the command then runs as one rank per srun task.
 
 TRAIN_VALUES_DROP = (  # keys `narvl train` does not read (distill_tasks decides which students exist: the DAG)
-    "train.distill_tasks", "train.resnet_pretrain", "train.bench_steps", "train.bench_nprocs",
+    "train.distill_tasks", "train.resnet_pretrain", "train.pretrain", "train.bench_steps", "train.bench_nprocs",
     "data.loader.bench_micro_batch",
     "data.loader.bench_batches")
 # The srun prefix as separate, quoted words: a launcher with options works, a `;` in it stays an argument.
@@ -39,6 +39,45 @@ rule pretrain_resnet:
         "python -m narvl pretrain-resnet --params {params.folder:q} --out {output.resnet:q} > {log:q} 2>&1"
 
 
+rule pretrain:
+    """OFA's pretraining in miniature (pipeline.pretrain): one AR model on every task of train.pretrain.weights, per
+    seed, trained and exported; every AR and NAR training of that seed starts from it (docs/training.md)."""
+    input:
+        params=ancient_params("train", "model", "data"),
+        code=sources("narvl.train.main", "narvl.train.export", *[f"narvl.tasks.{task}" for task in PRETRAIN_TASKS]),
+        shards=[f"{SHARDS}/{task}" for task in PRETRAIN_TASKS],
+        tokenizer=TOKENIZER,
+        resnet=resnet_input(),
+    output:
+        summary=f"{RUNS}/pretrain-{{run}}/summary.json",
+        model=f"{RUNS}/pretrain-{{run}}/model.pt",
+    wildcard_constraints:
+        run="ar(?:-seed[0-9]+)?",
+    params:
+        folder=folder_of("params"),
+        shards=lambda w, input: os.path.dirname(input.shards[0]),  # the folder of the tasks' shard folders
+        run=lambda w, output: os.path.dirname(output.summary),
+        seed=lambda w: ["--seed", w.run.split("-seed")[1]] if "-seed" in w.run else [],
+        init_resnet=resnet_argument,
+        launcher=LAUNCHER,
+        values=values("train", "model", "data", drop=[d for d in TRAIN_VALUES_DROP if d != "train.pretrain"]
+                      + ["train.steps"]),
+    log:
+        logfile("train/pretrain-{run}"),
+    threads: lambda w: TRAIN.for_task("pretrain", STAGE_FILES["train"]).nproc
+    resources:
+        mem_mb=RES["train"]["mem_mb"],
+        runtime=RES["train"]["runtime"],
+        gpu=RES["train"]["gpu"],
+        nodes=RES["train"]["nodes"],
+        mpi=RES["train"]["mpi"],
+    shell:
+        "{params.launcher:q} python -m narvl train --params {params.folder:q} --task pretrain --kind ar"
+        " --shards {params.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} {params.seed:q}"
+        " {params.init_resnet:q} > {log:q} 2>&1"
+        " && python -m narvl export --run {params.run:q} --out {output.model:q} >> {log:q} 2>&1"
+
+
 rule train:
     """The AR baseline (kind ar) or the NAR model (kind nar) of one task, on the task's shards: runs/<task>-<kind>
     with train.seed, and runs/<task>-<kind>-seed<N> for each further seed of pipeline.seeds (`--seed N`)."""
@@ -47,7 +86,7 @@ rule train:
         code=task_sources("narvl.train.main"),
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
-        init=[path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path],  # train.init: the starting weights
+        init=init_input,  # the starting weights: the multi-task AR model (pipeline.pretrain) or train.init
         resnet=resnet_input(),  # the ResNet's starting weights (pipeline.pretrain_resnet or train.init_resnet)
     output:
         summary=f"{RUNS}/{{task}}-{{run}}/summary.json",
@@ -58,6 +97,7 @@ rule train:
         run=lambda w, output: os.path.dirname(output.summary),
         kind=lambda w: w.run.split("-seed")[0],
         seed=lambda w: ["--seed", w.run.split("-seed")[1]] if "-seed" in w.run else [],
+        init=init_argument,
         init_resnet=resnet_argument,
         launcher=LAUNCHER,
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
@@ -73,7 +113,7 @@ rule train:
     shell:
         "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind {params.kind:q}"
         " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} {params.seed:q}"
-        " {params.init_resnet:q} > {log:q} 2>&1"
+        " {params.init:q} {params.init_resnet:q} > {log:q} 2>&1"
 
 
 rule distill:
@@ -108,13 +148,14 @@ rule train_kd:
         code=task_sources("narvl.train.main"),
         shards=f"{KD_SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
-        init=[path for path in (TRAIN.init, TRAIN.init_bpe_dir) if path],
+        init=init_input,
         resnet=resnet_input(),
     output:
         summary=f"{RUNS}/{{task}}-nar-kd/summary.json",
     params:
         folder=folder_of("params"),
         run=lambda w, output: os.path.dirname(output.summary),
+        init=init_argument,
         init_resnet=resnet_argument,
         launcher=LAUNCHER,
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
@@ -129,8 +170,8 @@ rule train_kd:
         mpi=RES["train"]["mpi"],
     shell:
         "{params.launcher:q} python -m narvl train --params {params.folder:q} --task {wildcards.task:q} --kind nar"
-        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} {params.init_resnet:q}"
-        " > {log:q} 2>&1"
+        " --shards {input.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} {params.init:q}"
+        " {params.init_resnet:q} > {log:q} 2>&1"
 
 
 rule export:
