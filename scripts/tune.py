@@ -9,7 +9,9 @@ TASKS and KINDS are comma-separated (vqa,grounding / ar,nar). Everything goes un
 tune/, git-ignored): params/, the data, runs, results and logs; the line is appended to ROOT/results.jsonl. Training
 runs in one process with the global batch as its micro-batch (`train.nproc: 1`), so its data order differs from the
 pipeline's two processes: compare experiments with each other, not with the published tables. --dry-run writes the
-params and prints the Snakemake jobs without running them.
+params and prints the Snakemake jobs without running them. With `pipeline.pretrain` on, the multi-task AR stage
+trains on the experiment's tasks only (train.pretrain.weights of the others dropped), so compare its experiments
+with each other.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def edited_params(folder: Path, edits: list[str], tasks: list[str], kinds: list[
     train = docs["train"]["train"]
     train.update(nproc=1, micro_batch=train["global_batch"], grad_accum=1,
                  distill_tasks=[t for t in train["distill_tasks"] if t in tasks and "nar-kd" in kinds])
+    # the multi-task AR stage (pipeline.pretrain) mixes the experiment's tasks only: the others have no shards here
+    train["pretrain"]["weights"] = {t: w for t, w in train["pretrain"]["weights"].items() if t in tasks}
     docs["pipeline"]["pipeline"].update(
         tasks=tasks, kinds=kinds, decoders=["greedy"], ar_decoders={}, baselines=False,
         raw_dir=str(work / "raw"), shards_dir=str(work / "shards"),

@@ -23,6 +23,7 @@ def test_dry_run_plans_the_experiment_in_its_own_folders(tmp_path):
     assert train["steps"]["vqa"] == 1800 and train["nproc"] == 1 and train["micro_batch"] == train["global_batch"]
     assert yaml.safe_load((params / "data.yaml").read_text())["data"]["synth"]["question_phrases"] == "attributes"
     assert "rule synth:" in proc.stdout and "rule train:" in proc.stdout and "rule score_vqa:" in proc.stdout
+    assert "rule pretrain:" in proc.stdout and train["pretrain"]["weights"] == {"vqa": 1.0}  # the experiment's tasks
     assert "caption" not in {line.split("wildcards: task=")[-1].split(",")[0]
                              for line in proc.stdout.splitlines() if "wildcards: task=" in line}
     assert str(tmp_path / "exp" / "results" / "metrics" / "vqa-val-ar-greedy.json") in proc.stdout
