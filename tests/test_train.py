@@ -411,9 +411,16 @@ def test_multi_task_pretraining_starts_a_nar_fine_tune(tiny):
     fine = tiny["dir"] / "caption-nar-from-pretrain"
     proc = run_narvl(*train_args(tiny, fine, params=params), "--init", str(out / "model.pt"))
     assert "narvl ar model file (task pretrain, step 6)" in proc.stderr and "new: queries" in proc.stderr
+    assert "the CTC blank's embedding row from <eos>'s" in proc.stderr
     from narvl import model as narvl_model
 
-    start = narvl_model.load(out / "model.pt")[0].state_dict()
+    source = narvl_model.load(out / "model.pt")[0]
+    start = source.state_dict()
+    ids = source.special_ids
+    embed = start["encoder.embed_tokens.weight"].clone()
+    assert not torch.equal(embed[ids["blank"]], embed[ids["eos"]])
+    embed[ids["blank"]] = embed[ids["eos"]]  # the AR model never predicts the blank: a NAR start takes <eos>'s row
+    start["encoder.embed_tokens.weight"] = embed
     state = module_state(fine / "checkpoints" / ck.tag_for(1))
     carried = {k: v for k, v in start.items() if "running_" not in k and "num_batches" not in k}
     assert set(state) - set(start) == {"queries"}

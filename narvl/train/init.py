@@ -3,7 +3,8 @@
 
     narvl model file (`narvl-model-v1`: `narvl import-ofa`, `narvl export`): its architecture (dropout aside),
         vocabulary and special ids must equal the run's; a file of the other kind transfers everything but the NAR
-        query vectors (an AR file starts a NAR run with new queries; a NAR file starts an AR run without them).
+        query vectors (an AR file starts a NAR run with new queries, and the CTC blank's embedding row taken from
+        <eos>'s; a NAR file starts an AR run without them).
     OFA checkpoint (`{"model", "args"/"cfg"}`): mapped as `narvl import-ofa` does (narvl/ofa_import.py), the
         architecture read from its cfg must equal the run's (dropout aside), and the embedding rows are reordered
         into the run's tokenizer through train.init_bpe_dir (OFA's encoder.json and dict.txt).
@@ -28,6 +29,19 @@ def _check_arch(found, want, path: Path) -> None:
         raise NarvlError(f"{path}: train.init's architecture differs from model params: {'; '.join(diff)}")
 
 
+def blank_from_eos(state: dict, special_ids: dict[str, int]) -> dict:
+    """An AR model's state with the CTC blank's embedding row (also its output row: the projection is tied) set to
+    <eos>'s, for a NAR run that starts from it.
+
+    An AR model never predicts the blank, so its training pushes that row away from every decoder output; a NAR run
+    started from it then cannot put blanks in its spare slots, and Q-CTC stalls (VQA loss about 6 instead of 1 after
+    600 steps, docs/tuning.md part six). <eos> is the AR model's "nothing more here", the blank's role."""
+    key = "encoder.embed_tokens.weight"
+    table = state[key].clone()
+    table[special_ids["blank"]] = table[special_ids["eos"]]
+    return {**state, key: table}
+
+
 def load_init(path: str | Path, model: nn.Module, tokenizer, bpe_dir: str | Path | None) -> str:
     """Copy the init weights into `model` (built from the run's params); returns a one-line description."""
     from narvl import model as narvl_model
@@ -43,6 +57,9 @@ def load_init(path: str | Path, model: nn.Module, tokenizer, bpe_dir: str | Path
                                  f"{getattr(model, key)}")
         state = {k: v for k, v in source.state_dict().items() if k not in NEW_KEYS or source.kind == model.kind}
         what = f"narvl {meta['kind']} model file (task {meta['task']}, step {meta['step']})"
+        if source.kind == "ar" and model.kind == "nar":
+            state = blank_from_eos(state, model.special_ids)
+            what += "; the CTC blank's embedding row from <eos>'s"
     else:
         state_ofa, cfg = read_checkpoint(path, blob)
         arch, ofa_vocab = arch_from_checkpoint(state_ofa, cfg, path)
