@@ -41,10 +41,10 @@ def check_pretrain_params(train: TrainParams, where: str) -> None:
             raise NarvlError(f"{where}: train.val_split has no entry for task '{task}' (train.pretrain.weights)")
 
 
-def check_train_params(train: TrainParams, task: str, world_size: int, cuda: bool, where: str) -> None:
-    """Every train.* value this run uses, checked before any work."""
+def check_train_params(train: TrainParams, task: str | None, world_size: int, cuda: bool, where: str) -> None:
+    """Every train.* value this run uses, checked before any work (task None: the multi-task stage's)."""
     check_batch(train, world_size, where)
-    if task == PRETRAIN:
+    if task is None:  # the multi-task stage (--task pretrain)
         check_pretrain_params(train, where)
     else:
         if task not in train.steps:

@@ -109,6 +109,11 @@ class Setup:
         return self.steps
 
     @property
+    def multitask(self) -> bool:
+        """--task pretrain: batches of several tasks, validated and summarised per task."""
+        return self.task not in self.sources
+
+    @property
     def world_size(self) -> int:
         """The world size the train params were checked for."""
         return self.run_info["world_size"]
@@ -155,7 +160,7 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     """Every check of a run with `world_size` ranks; `params`: load_params(args.params) when already loaded."""
     train, model_params, data = params or load_params(args.params)
     where = f"{Path(args.params) / 'train.yaml'}"
-    pretrain = args.task == PRETRAIN
+    pretrain = args.task not in P.TASKS  # --task pretrain (argparse allows nothing else)
     train = train.for_task(args.task, where)
     if getattr(args, "seed", None) is not None:
         train = dataclasses.replace(train, seed=args.seed)
@@ -163,7 +168,7 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
         train = dataclasses.replace(train, init=args.init)
     if getattr(args, "init_resnet", None) is not None:
         train = dataclasses.replace(train, init_resnet=args.init_resnet)
-    check_train_params(train, args.task, world_size, cuda, where)
+    check_train_params(train, None if pretrain else args.task, world_size, cuda, where)
     if pretrain and args.kind != "ar":
         raise NarvlError(f"--task {PRETRAIN} trains an AR model (OFA's pretraining); NAR models start from it "
                          f"through train.init")
@@ -584,16 +589,16 @@ class Trainer:
                                   self.rank if split_val else 0, self.world if split_val else 1)
             result = validate(self.engine, batches, self.objs[task], train.val_batches, self.dtype,
                               reduce_over_ranks=split_val)
-            prefix = "val" if task == s.task else f"val/{task}"
+            prefix = f"val/{task}" if s.multitask else "val"
             if writer is not None:
                 for k in ("loss", "exact_match", "infeasible"):
                     writer.add_scalar(f"{prefix}/{k}", result[k], step)
                 writer.flush()
             log.info("validation on %s%s at step %d: loss %.4f, exact match %.3f (%d samples)", val_split,
-                     "" if task == s.task else f" of {task}", step, result["loss"], result["exact_match"],
+                     f" of {task}" if s.multitask else "", step, result["loss"], result["exact_match"],
                      result["samples"])
             results[task] = dict(result, split=val_split)
-        return results[s.task] if s.task in results else results
+        return results if s.multitask else results[s.task]
 
     def _totals(self, step: int) -> dict[str, float]:
         """wall_s, infeasible_total and samples_seen over this run and the runs it resumed."""
@@ -640,7 +645,7 @@ class Trainer:
             "params_hash": s.params_hash, "identity_hash": s.run_info["identity_hash"],
             "num_parameters": count_parameters(self.model), "tokenizer": s.run_info["tokenizer"],
             "shards": str(s.shards),
-            **({"tasks": s.weights} if s.task not in s.sources else {}),
+            **({"tasks": s.weights} if s.multitask else {}),
         }
         if self.rank == 0:
             write_json(s.out / "summary.json", summary)
