@@ -49,6 +49,7 @@ def edited_params(folder: Path, edits: list[str], tasks: list[str], kinds: list[
     train.update(nproc=1, micro_batch=train["global_batch"], grad_accum=1,
                  distill_tasks=[t for t in train["distill_tasks"] if t in tasks and "nar-kd" in kinds])
     # the multi-task AR stage (pipeline.pretrain) mixes the experiment's tasks only: the others have no shards here
+    # (the workflow passes pipeline.tasks as --tasks anyway; this keeps the params copy saying so)
     train["pretrain"]["weights"] = {t: w for t, w in train["pretrain"]["weights"].items() if t in tasks}
     docs["pipeline"]["pipeline"].update(
         tasks=tasks, kinds=kinds, decoders=["greedy"], ar_decoders={}, baselines=False,

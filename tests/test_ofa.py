@@ -337,4 +337,7 @@ def test_train_init_refuses_what_does_not_fit(ref, tmp_path):
     path = tmp_path / "ar.pt"
     narvl_model.save(path, model, {"task": "caption", "tokenizer": {}, "step": 0})
     assert "new: queries" in load_init(path, same, None, None)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in same.state_dict().items() if k != "queries")
+    from narvl.train.init import blank_from_eos
+
+    expected = blank_from_eos(model.state_dict(), model.special_ids)  # the blank's row from <eos>'s (AR -> NAR)
+    assert all(torch.equal(v, expected[k]) for k, v in same.state_dict().items() if k != "queries")

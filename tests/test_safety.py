@@ -383,7 +383,7 @@ def test_empty_train_tsv_is_an_error(tmp_path, capsys):
 
 @pytest.mark.parametrize("edit, message", [
     (("lr: 1.0e-3", "lr: .nan"), "train.lr: nan is not a finite number"),
-    (("steps: {caption: 600,", "steps: {captoin: 5,"), "train.steps.captoin (key): 'captoin' is not one of "
+    (("steps: {caption: 400,", "steps: {captoin: 5,"), "train.steps.captoin (key): 'captoin' is not one of "
                                                        "'caption', 'vqa', 'grounding', 'entailment' (did you mean "
                                                        "'caption'?)"),
     (("  seed: 0\n", "  seed: 0\n  seed: 1\n"), "duplicate key 'seed' (line 4; first given on line 3)"),

@@ -346,11 +346,14 @@ def test_train_init_starts_a_nar_run_from_an_ar_model_file(tiny, ar_zero2_bf16):
     out = tiny["dir"] / "caption-nar-init"
     proc = run_narvl(*train_args(tiny, out, kind="nar", params=params))
     assert "initial weights from" in proc.stderr
+    from narvl.train.init import blank_from_eos
+
     start, _ = load(init)
     state, init_state = module_state(out / "checkpoints" / ck.tag_for(1)), start.state_dict()
     assert set(state) - set(init_state) == {"queries"}
-    for key, value in start.named_parameters():  # (BatchNorm's running statistics move with the batch)
-        assert torch.allclose(state[key].float(), value, atol=1e-6), key
+    expected = blank_from_eos(init_state, start.special_ids)  # an AR file: the blank's row from <eos>'s
+    for key, _ in start.named_parameters():  # (BatchNorm's running statistics move with the batch)
+        assert torch.allclose(state[key].float(), expected[key].float(), atol=1e-6), key
     assert json.loads((out / "checkpoints" / "run.json").read_text())["identity"]["init"]["sha256"] == \
         file_sha256(init)
 

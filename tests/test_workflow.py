@@ -139,8 +139,9 @@ def test_several_seeds_train_each_model_again_and_decode_it(tmp_path):
         " --init runs/pretrain-ar-seed1/model.pt --init-resnet runs/resnet-pretrain/resnet.pt" in shown
     assert "--out runs/vqa-ar  --init runs/pretrain-ar/model.pt --init-resnet runs/resnet-pretrain/resnet.pt >" \
         in shown  # train.seed, no --seed
-    assert "--task pretrain --kind ar --shards data/shards --tokenizer data/shards/tokenizer.json --out " \
-        "runs/pretrain-ar-seed1 --seed 1 --init-resnet runs/resnet-pretrain/resnet.pt" in shown
+    assert "--task pretrain --kind ar --shards data/shards --tasks caption,vqa,grounding,entailment --tokenizer " \
+        "data/shards/tokenizer.json --out runs/pretrain-ar-seed1 --seed 1 --init-resnet runs/resnet-pretrain/resnet.pt" \
+        in shown
     pretrain = sorted(j["output"][0] for j in jobs if j["rule"] == "pretrain")
     assert pretrain == ["runs/pretrain-ar-seed1/summary.json", "runs/pretrain-ar/summary.json"]
     kd = next(j for j in jobs if j["rule"] == "train_kd")
@@ -296,11 +297,11 @@ def test_bad_pipeline_values_fail_with_the_schema(tmp_path):
 @pytest.mark.parametrize("edit, message", [
     ({"train": {"init": "weights.pt"}}, "pipeline.pretrain makes the model every training starts from, but train.init "
                                         "names one too (weights.pt): set one of them"),
-    ({"pipeline": {"tasks": ["caption", "vqa", "grounding"]}},
-     "pipeline.pretrain trains on entailment (train.pretrain.weights), which pipeline.tasks leaves out"),
+    ({"pipeline": {"tasks": ["caption"]}, "train": {"pretrain": {"steps": 5, "weights": {"caption": 0.0, "vqa": 1.0}}}},
+     "pipeline.pretrain: no task of pipeline.tasks has a positive weight in train.pretrain.weights"),
 ])
 def test_pretrain_conflicts_are_refused_by_name(tmp_path, edit, message):
-    """pipeline.pretrain with train.init set, or with a weighted task the pipeline does not have: refused."""
+    """pipeline.pretrain with train.init set, or with no weighted task among pipeline.tasks: refused."""
     params = tmp_path / "params"
     shutil.copytree(ROOT / "params", params, ignore=shutil.ignore_patterns("real"))
     for stage, values in edit.items():

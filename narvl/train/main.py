@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", required=True, help="tokenizer.json")
     parser.add_argument("--out", required=True, help="run folder (runs/TASK-KIND)")
     parser.add_argument("--seed", type=int, help="train.seed for this run (pipeline.seeds: one run per seed)")
+    parser.add_argument("--tasks", help=f"--task {PRETRAIN}: mix only these of train.pretrain.weights' tasks "
+                        "(comma-separated; the workflow passes pipeline.tasks)")
     parser.add_argument("--init", help="train.init for this run: the weights it starts from (a narvl model file "
                         "or an OFA checkpoint; pipeline.pretrain gives the multi-task AR model)")
     parser.add_argument("--init-resnet", help="train.init_resnet for this run: the ResNet's starting weights (a "
@@ -76,6 +78,7 @@ def narvl_argv(args: argparse.Namespace) -> list[str]:
     argv = ["-v"] if getattr(args, "verbose", False) else []
     seed = [] if getattr(args, "seed", None) is None else ["--seed", str(args.seed)]
     init = [] if getattr(args, "init", None) is None else ["--init", args.init]
+    init += [] if getattr(args, "tasks", None) is None else ["--tasks", args.tasks]
     resnet = [] if getattr(args, "init_resnet", None) is None else ["--init-resnet", args.init_resnet]
     return argv + ["train", "--params", args.params, "--task", args.task, "--kind", args.kind,
                    "--shards", args.shards, "--tokenizer", args.tokenizer, "--out", args.out] + seed + init + resnet
@@ -178,6 +181,13 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     arch = model_params.arch()
     shards = Path(args.shards)
     weights = ({t: float(w) for t, w in train.pretrain.weights.items() if w > 0} if pretrain else {args.task: 1.0})
+    if pretrain and getattr(args, "tasks", None):
+        chosen = [t for t in args.tasks.split(",") if t]
+        unknown = [t for t in chosen if t not in weights]
+        if unknown or not chosen:
+            raise NarvlError(f"--tasks {args.tasks}: {', '.join(unknown) or 'nothing'} not among the tasks of "
+                             f"train.pretrain.weights with a positive weight ({', '.join(weights)})")
+        weights = {t: w for t, w in weights.items() if t in chosen}
     sources = {t: shards / t for t in weights} if pretrain else {args.task: shards}
     for task, folder in sources.items():
         if task not in model_params.num_queries:

@@ -213,16 +213,15 @@ def resnet_argument(wildcards, input):
 
 # pipeline.pretrain: OFA's pretraining in miniature (`narvl train --task pretrain`), one multi-task AR model per seed
 # that every AR and NAR training of that seed starts from (train.init)
-PRETRAIN_TASKS = [task for task, weight in TRAIN.pretrain.weights.items() if weight > 0]
+# (on the tasks of train.pretrain.weights that pipeline.tasks has: the others have no shards in this workflow)
+PRETRAIN_TASKS = [task for task, weight in TRAIN.pretrain.weights.items() if weight > 0 and task in PIPELINE.tasks]
 if PIPELINE.pretrain:
     if TRAIN.init:
         raise WorkflowError(f"{STAGE_FILES['pipeline']}: pipeline.pretrain makes the model every training starts from, "
                             f"but train.init names one too ({TRAIN.init}): set one of them")
-    _absent = [task for task in PRETRAIN_TASKS if task not in PIPELINE.tasks]
-    if _absent:
-        raise WorkflowError(f"{STAGE_FILES['pipeline']}: pipeline.pretrain trains on {', '.join(_absent)} "
-                            f"(train.pretrain.weights), which pipeline.tasks leaves out: add it there or set its "
-                            f"weight to 0")
+    if not PRETRAIN_TASKS:
+        raise WorkflowError(f"{STAGE_FILES['pipeline']}: pipeline.pretrain: no task of pipeline.tasks has a positive "
+                            f"weight in train.pretrain.weights")
 
 
 def pretrain_run(seed):

@@ -56,6 +56,7 @@ rule pretrain:
     params:
         folder=folder_of("params"),
         shards=lambda w, input: os.path.dirname(input.shards[0]),  # the folder of the tasks' shard folders
+        tasks=",".join(PRETRAIN_TASKS),
         run=lambda w, output: os.path.dirname(output.summary),
         seed=lambda w: ["--seed", w.run.split("-seed")[1]] if "-seed" in w.run else [],
         init_resnet=resnet_argument,
@@ -73,8 +74,8 @@ rule pretrain:
         mpi=RES["train"]["mpi"],
     shell:
         "{params.launcher:q} python -m narvl train --params {params.folder:q} --task pretrain --kind ar"
-        " --shards {params.shards:q} --tokenizer {input.tokenizer:q} --out {params.run:q} {params.seed:q}"
-        " {params.init_resnet:q} > {log:q} 2>&1"
+        " --shards {params.shards:q} --tasks {params.tasks:q} --tokenizer {input.tokenizer:q} --out {params.run:q}"
+        " {params.seed:q} {params.init_resnet:q} > {log:q} 2>&1"
         " && python -m narvl export --run {params.run:q} --out {output.model:q} >> {log:q} 2>&1"
 
 
