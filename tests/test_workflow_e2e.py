@@ -250,7 +250,7 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     assert dry_run_rules(clone) == {}
     # one task's training steps: that task's models and what follows from them, nothing of the other tasks
     text = (clone / "params/train.yaml").read_text()
-    (clone / "params/train.yaml").write_text(text.replace("grounding: 2", "grounding: 3", 1))
+    (clone / "params/train.yaml").write_text(text.replace("grounding: 2\n", "grounding: 3\n", 1))  # (not 2.5: a weight)
     rerun = dry_run_rules(clone)
     assert rerun.get("train") == len(pipeline["kinds"]) and "train_kd" not in rerun and "synth" not in rerun, rerun
     assert rerun.get("decode") == len([c for c in cells if c[0] == "grounding" and c[3] != "none"]), rerun
