@@ -453,6 +453,8 @@ def test_pretrain_resnet_refuses_bad_values_naming_the_file(tmp_path, capsys):
     ({"steps": 4, "weights": {"caption": -1.0, "vqa": 1.0}}, "ar", r"every weight must be 0 or more"),
     ({"steps": 4, "weights": {"caption": 1.0}}, "nar", r"--task pretrain trains an AR model"),
     ({"steps": 4, "weights": {"caption": 1.0, "vqa": 1.0}}, "ar", r"vqa: no such shard folder"),
+    ({"steps": 4, "weights": {"caption": 1.0, "vqa": 0.0}}, "ar:vqa", r"--tasks vqa: vqa not among the tasks of "
+                                                                       r"train.pretrain.weights with a positive weight"),
 ])
 def test_pretrain_refuses_bad_values_naming_the_file(inputs, capsys, tmp_path, pretrain, kind, message):
     """`narvl train --task pretrain`: bad train.pretrain values, a NAR kind or a task without its shard folder under
@@ -461,7 +463,14 @@ def test_pretrain_refuses_bad_values_naming_the_file(inputs, capsys, tmp_path, p
     root.mkdir()
     (root / "caption").symlink_to(inputs["shards"])
     params = T.make_params(ROOT / "params", tmp_path / "params", pretrain=pretrain)
+    kind, _, mix = kind.partition(":")
     code, err, _ = train_cli(inputs, capsys, params=params, task="pretrain", kind=kind, shards=root,
-                             out=tmp_path / "run")
+                             out=tmp_path / "run", **({"tasks": mix} if mix else {}))
     assert code == 2 and re.search(message, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_tasks_is_refused_outside_the_multi_task_stage(inputs, capsys, tmp_path):
+    code, err, _ = train_cli(inputs, capsys, tasks="caption", out=tmp_path / "run")
+    assert code == 2 and "--tasks is for --task pretrain only (this run trains caption alone)" in err
     assert not (tmp_path / "run").exists()

@@ -78,10 +78,11 @@ def narvl_argv(args: argparse.Namespace) -> list[str]:
     argv = ["-v"] if getattr(args, "verbose", False) else []
     seed = [] if getattr(args, "seed", None) is None else ["--seed", str(args.seed)]
     init = [] if getattr(args, "init", None) is None else ["--init", args.init]
-    init += [] if getattr(args, "tasks", None) is None else ["--tasks", args.tasks]
+    mix = [] if getattr(args, "tasks", None) is None else ["--tasks", args.tasks]
     resnet = [] if getattr(args, "init_resnet", None) is None else ["--init-resnet", args.init_resnet]
     return argv + ["train", "--params", args.params, "--task", args.task, "--kind", args.kind,
-                   "--shards", args.shards, "--tokenizer", args.tokenizer, "--out", args.out] + seed + init + resnet
+                   "--shards", args.shards, "--tokenizer", args.tokenizer, "--out", args.out] + seed + mix + init \
+        + resnet
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -164,6 +165,8 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     train, model_params, data = params or load_params(args.params)
     where = f"{Path(args.params) / 'train.yaml'}"
     pretrain = args.task not in P.TASKS  # --task pretrain (argparse allows nothing else)
+    if getattr(args, "tasks", None) is not None and not pretrain:
+        raise NarvlError(f"--tasks is for --task {PRETRAIN} only (this run trains {args.task} alone)")
     train = train.for_task(args.task, where)
     if getattr(args, "seed", None) is not None:
         train = dataclasses.replace(train, seed=args.seed)
