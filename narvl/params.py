@@ -192,6 +192,9 @@ class PretrainParams:
     steps: int
     # the share of the training batches each task gets (relative weights; a task left out or at 0 is not used)
     weights: dict[Task, float]
+    # the share (same scale) of region batches: OFA's grounded captioning, "what does the region describe? region:
+    # <bin> x4" -> the object's category, made from the grounding shards (needs grounding weighted, and categories)
+    region: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from narvl.data.images import IMAGENET_MEAN, IMAGENET_STD
 from narvl.data.loader import epoch_samples, eval_loader, iter_samples, train_loader
 from narvl.data.readers import read_ofa_tsv
 from narvl.data.shard import write_shards
+from narvl.data.shard_folder import ShardFolder
 from narvl.data.tokenizer import Tokenizer
 from narvl.errors import NarvlError
 from tests.fixtures.data import make
@@ -167,6 +169,33 @@ def test_vqa_weight_is_the_target_soft_score_and_grounding_target_is_4_bins(shar
             step = size / (tok.num_bins - 1)
             assert all(abs(a - b) <= step / 2 + 1e-6 for a, b in zip(box, meta["box"]))
             assert meta["box"] == pytest.approx([c * size / max(meta["orig_size"]) for c in meta["orig_box"]], abs=0.6)
+
+
+def test_region_samples_rewrite_grounding_samples_into_text_targets(shards, tok):
+    """The pretraining's region samples (OFA's grounded captioning): a grounding sample's box goes into the prompt as
+    its 4 location tokens, the target is the object's category as text; a sample without a category is an error
+    naming it."""
+    from narvl.data.loader import Collator
+    from narvl.tasks.grounding import region_sample
+
+    samples = [dict(s, meta=dict(s["meta"], category="red circle"))
+               for s in islice(iter_samples(ShardFolder(shards["grounding", 100]).shards("train")), 3)]
+    canvas = data_params(100, 0).shard.image_size["grounding"]
+    batch = Collator(tok, "grounding", canvas, 64, 16, rewrite=region_sample)(samples)
+    for i, sample in enumerate(samples):
+        bins = [t for t in tok.encode(sample["meta"]["target"]) if tok.is_bin(t)]
+        assert len(bins) == 4 and all(tok.is_bin(b) for b in bins)
+        src = batch["src_tokens"][i][~batch["src_mask"][i]].tolist()
+        head = tok.encode("what does the region describe?")
+        assert src[: len(head) + 1] == [tok.bos_id, *head] and src[-5:] == [*bins, tok.eos_id]
+        want = tok.encode("red circle")
+        assert batch["tgt_tokens"][i][: batch["tgt_lengths"][i]].tolist() == want and batch["weights"][i] == 1
+        assert batch["meta"][i]["target"] == "red circle"
+    plain = Collator(tok, "grounding", canvas, 64, 16)(samples)  # without the rewrite: the box tokens
+    assert all(tok.is_bin(t) for t in plain["tgt_tokens"][0].tolist())
+    bare = [dict(s, meta={k: v for k, v in s["meta"].items() if k != "category"}) for s in samples]
+    with pytest.raises(NarvlError, match=r"grounding sample train_\d+: no 'category' field"):
+        Collator(tok, "grounding", canvas, 64, 16, rewrite=region_sample)(bare)
 
 
 def test_training_with_more_slots_than_samples_stops_with_a_clear_error(tmp_path, tok):

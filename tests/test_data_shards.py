@@ -155,8 +155,26 @@ def test_refer_real_records_one_sample_per_sentence_with_instance_box(raw, tmp_p
             sx, sy = 96 / 640, 72 / 480
             assert m["box"] == pytest.approx([x * sx, y * sy, min(640, x + w) * sx, min(480, y + h) * sy], abs=1e-3)
             assert m["target"].count("<bin_") == 4
+            assert m["category"] == f"category {ref['ann']['category_id']}"  # instances.json's categories
             seen.add(m["sent_id"])
     assert seen == {sid for r in records.values() for sid in r["sent_ids"]}
+
+
+def test_refer_categories_are_optional_but_checked(raw, tmp_path):
+    """A sample's `category` (the pretraining's region samples) comes from instances.json's categories: without
+    them the samples have none; an annotation whose category_id is not listed is an error naming it."""
+    from narvl.tasks.grounding import read_refer
+
+    inst = json.loads((raw / "refcoco/instances.json").read_text())
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({k: v for k, v in inst.items() if k != "categories"}))
+    records = read_refer(raw / "refcoco/refs(unc).p", plain, raw / "images")
+    assert records and not any("category" in r.fields for r in records)
+    inst["annotations"][1]["category_id"] = 999
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(inst))
+    with pytest.raises(NarvlError, match=r"bad\.json: annotations\[1\]: category_id 999 is not among its categories"):
+        read_refer(raw / "refcoco/refs(unc).p", bad, raw / "images")
 
 
 def test_refer_uses_the_instances_file_name_not_the_refs(raw, tmp_path):

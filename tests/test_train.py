@@ -397,18 +397,24 @@ def test_multi_task_pretraining_starts_a_nar_fine_tune(tiny):
     root = tiny["dir"] / "shard-root"
     root.mkdir()
     (root / "caption").symlink_to(tiny["shards"])
+    T.make_grounding_shards(root / "grounding")
     params = T.make_params(ROOT / "params", tiny["dir"] / "params-pretrain", steps={"caption": 1, "vqa": 1,
                                                                                      "grounding": 1},
-                           lr=1.0e-12, warmup_steps=0, pretrain={"steps": 6, "weights": {"caption": 1.0}})
+                           lr=1.0e-12, warmup_steps=0,
+                           pretrain={"steps": 6, "weights": {"caption": 1.0, "grounding": 1.0}, "region": 1.0})
     out = tiny["dir"] / "pretrain-ar"
     proc = run_narvl("train", "--params", str(params), "--task", "pretrain", "--kind", "ar", "--shards", str(root),
                      "--tokenizer", str(tiny["tokenizer"]), "--out", str(out))
-    assert "train pretrain-ar" in proc.stderr and "validation on val of caption at step 6" in proc.stderr
+    assert "train pretrain-ar" in proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "pretrain" and summary["kind"] == "ar" and summary["steps"] == 6
-    assert summary["tasks"] == {"caption": 1.0} and summary["val"]["caption"]["split"] == "val"
-    assert summary["val"]["caption"]["samples"] == 16
-    assert "val/caption/loss" in scalars(out / "tb")
+    # the region samples (grounded captioning) are a stream of their own, read from the grounding shards
+    assert summary["tasks"] == {"caption": 1.0, "grounding": 1.0, "region": 1.0}
+    tb = scalars(out / "tb")
+    for name in summary["tasks"]:
+        assert f"validation on val of {name} at step 6" in proc.stderr
+        assert summary["val"][name]["split"] == "val" and summary["val"][name]["samples"] == 16
+        assert f"val/{name}/loss" in tb
     export(out, out / "model.pt")
 
     fine = tiny["dir"] / "caption-nar-from-pretrain"

@@ -3,6 +3,7 @@ completeness, and the bad-input errors of `narvl train` (raised before any work 
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -452,6 +453,8 @@ def test_pretrain_resnet_refuses_bad_values_naming_the_file(tmp_path, capsys):
     ({"steps": 4, "weights": {"caption": 0.0}}, "ar", r"train.pretrain.weights = .*one at least positive"),
     ({"steps": 4, "weights": {"caption": -1.0, "vqa": 1.0}}, "ar", r"every weight must be 0 or more"),
     ({"steps": 4, "weights": {"caption": 1.0}}, "nar", r"--task pretrain trains an AR model"),
+    ({"steps": 4, "weights": {"caption": 1.0}, "region": -1.0}, "ar", r"train.pretrain.region = -1.0 must be 0 or "
+                                                                        r"more"),
     ({"steps": 4, "weights": {"caption": 1.0, "vqa": 1.0}}, "ar", r"vqa: no such shard folder"),
     ({"steps": 4, "weights": {"caption": 1.0, "vqa": 0.0}}, "ar:vqa", r"--tasks vqa: vqa not among the tasks of "
                                                                        r"train.pretrain.weights with a positive weight"),
@@ -468,6 +471,36 @@ def test_pretrain_refuses_bad_values_naming_the_file(inputs, capsys, tmp_path, p
                              out=tmp_path / "run", **({"tasks": mix} if mix else {}))
     assert code == 2 and re.search(message, err), err
     assert not (tmp_path / "run").exists()
+
+
+def test_region_samples_need_grounding_shards_with_categories(inputs, capsys, tmp_path):
+    """train.pretrain.region reads the grounding shards' `category`: shards without it (OFA's TSV files, or written
+    before narvl kept categories) are refused before any work, naming the folder and the way out; without grounding
+    among the mixed tasks there are no region samples and nothing to check."""
+    root = tmp_path / "shards"
+    root.mkdir()
+    (root / "caption").symlink_to(inputs["shards"])
+    T.make_grounding_shards(root / "grounding", category=False)
+    params = T.make_params(ROOT / "params", tmp_path / "params",
+                           pretrain={"steps": 4, "weights": {"caption": 1.0, "grounding": 1.0}, "region": 0.5})
+    code, err, _ = train_cli(inputs, capsys, params=params, task="pretrain", kind="ar", shards=root,
+                             out=tmp_path / "run")
+    assert code == 2 and re.search(r"train.pretrain.region = region samples, but .*grounding's training samples "
+                                   r"name no category .*train.pretrain.region: 0", err), err
+    assert not (tmp_path / "run").exists()
+    from narvl.train.main import prepare
+
+    args = argparse.Namespace(params=str(params), task="pretrain", kind="ar", shards=str(root), tasks="caption",
+                              tokenizer=str(inputs["tokenizer"]), out=str(tmp_path / "run"), seed=None, init=None,
+                              init_resnet=None)
+    setup = prepare(args, 2, False)
+    assert setup.weights == {"caption": 1.0} and set(setup.sources) == {"caption"}
+    shutil.rmtree(root / "grounding")
+    T.make_grounding_shards(root / "grounding")
+    setup = prepare(argparse.Namespace(**{**vars(args), "tasks": None}), 2, False)
+    assert setup.weights == {"caption": 1.0, "grounding": 1.0, "region": 0.5}
+    region = setup.sources["region"]
+    assert region.task == "grounding" and region.folder == root / "grounding" and region.rewrite is not None
 
 
 def test_tasks_is_refused_outside_the_multi_task_stage(inputs, capsys, tmp_path):

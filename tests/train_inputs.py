@@ -64,6 +64,38 @@ def make_shards(out: Path, train: int = 64, val: int = 16, test: int = 8) -> Pat
     return out
 
 
+def grounding_sample(split: str, i: int, category: bool) -> tuple[str, bytes, dict]:
+    """The caption sample's image as a grounding sample: the shape's box as 4 of the tokenizer's 8 bins, and (with
+    `category`) the shape as the object's COCO category, as `narvl shard --format refer` writes them."""
+    color, shape = CLASSES[i % len(CLASSES)]
+    key = f"{split}_{i:08d}"
+    o = i % 4
+    box = [4.0 + o, 4.0 + o, 24.0 + o, 24.0 + o]
+    bins = " ".join(f"<bin_{min(7, round(c / 32 * 7))}>" for c in box)
+    meta = {"id": key, "task": "grounding", "split": split, "image_id": (100000 if split != "train" else 0) + i,
+            "orig_size": [32, 32], "size": [32, 32], "prompt": f'which region does the text " {color} " describe?',
+            "target": bins, "expression": color, "ref_id": i, "sent_id": i, "ann_id": i, "orig_box": box, "box": box,
+            **({"category": shape} if category else {})}
+    return key, image_bytes(color, shape, i), meta
+
+
+def make_grounding_shards(out: Path, category: bool = True, train: int = 32, val: int = 16) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = {}
+    for split, n in (("train", train), ("val", val)):
+        name = f"grounding-{split}-000000.tar"
+        with tarfile.open(out / name, "w") as tar:
+            for i in range(n):
+                key, jpg, meta = grounding_sample(split, i, category)
+                for ext, data in (("jpg", jpg), ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        sizes[split] = {"shards": [name], "samples": n, "skipped": 0, "skipped_ids": []}
+    (out / "sizes.json").write_text(json.dumps(sizes, indent=2))
+    return out
+
+
 def make_tokenizer(path: Path) -> Path:
     from narvl.data.tokenizer import Tokenizer
 

@@ -13,6 +13,8 @@ Every batch is the dict of docs/design.md:
 
 Targets and weights are the task's (`narvl.tasks`, `Task.target`): the text `target` of the json (VQA: the answer with
 the highest soft score, weighted by it); grounding the 4 location tokens of the box, binned over the canvas side S.
+A loader given `rewrite` turns each sample's json into another prompt and text target on the same image first (the
+pretraining's region samples from grounding shards, `narvl.tasks.grounding.region_sample`).
 
 How samples are split across R ranks x W workers (slot s = rank * W + worker, of R * W slots):
 - With at least as many shards as slots, slot s reads shards s, s + RW, ...; with fewer shards every slot reads
@@ -31,7 +33,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -62,11 +64,15 @@ def decode_jpeg(data: bytes) -> torch.Tensor:
 class Collator:
     """Samples -> the batch dict (see the module docstring)."""
 
-    def __init__(self, tokenizer: Tokenizer, task: str, canvas: int, max_source_len: int, max_target_len: int):
+    def __init__(self, tokenizer: Tokenizer, task: str, canvas: int, max_source_len: int, max_target_len: int,
+                 rewrite: Callable[[dict], dict] | None = None):
         from narvl import tasks
 
         self.tok, self.task, self.canvas = tokenizer, task, canvas
         self.spec = tasks.get(task)
+        # `rewrite`: each sample's json -> another prompt and text target on the same image (the pretraining's
+        # region samples, narvl.tasks.grounding.region_sample); its target is text whatever the task's
+        self.rewrite = rewrite
         self.max_source_len, self.max_target_len = max_source_len, max_target_len
         # (x / 255 - mean) / std  ==  x * scale + bias, per channel
         self.scale = (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32).reshape(3, 1, 1)
@@ -77,6 +83,8 @@ class Collator:
         return [self.tok.bos_id, *ids, self.tok.eos_id]
 
     def target(self, meta: dict) -> tuple[list[int], float]:
+        if self.rewrite is not None:
+            return self.tok.encode(meta["target"])[: self.max_target_len], 1.0
         return self.spec.target(meta, self.tok, self.max_target_len)
 
     def images(self, samples: list[dict]) -> torch.Tensor:
@@ -100,6 +108,8 @@ class Collator:
 
     def __call__(self, samples: list[dict]) -> dict[str, Any]:
         metas = [s["meta"] for s in samples]
+        if self.rewrite is not None:
+            metas = [self.rewrite(m) for m in metas]
         srcs = [self.source(m) for m in metas]
         tgts, weights = zip(*(self.target(m) for m in metas))
         b = len(samples)
@@ -197,19 +207,21 @@ def _split_shards(shard_dir: Path, split: str) -> tuple[list[Path], int]:
     return folder.shards(split), folder.samples_count(split)
 
 
-def _collator(tokenizer: Tokenizer, data_params, task: str) -> Collator:
+def _collator(tokenizer: Tokenizer, data_params, task: str, rewrite: Callable[[dict], dict] | None) -> Collator:
     lp = data_params.loader
     if task not in lp.max_target_len or task not in data_params.shard.image_size:
         raise NarvlError(f"data params: task '{task}' missing in loader.max_target_len or shard.image_size")
-    return Collator(tokenizer, task, data_params.shard.image_size[task], lp.max_source_len, lp.max_target_len[task])
+    return Collator(tokenizer, task, data_params.shard.image_size[task], lp.max_source_len, lp.max_target_len[task],
+                    rewrite)
 
 
 def train_loader(shard_dir, split: str, tokenizer: Tokenizer, data_params, task: str, micro_batch: int,
-                 rank: int, world_size: int, seed: int) -> Loader:
-    """Endless shuffled batches of `micro_batch` samples for one rank (see the module docstring)."""
+                 rank: int, world_size: int, seed: int, rewrite: Callable[[dict], dict] | None = None) -> Loader:
+    """Endless shuffled batches of `micro_batch` samples for one rank (see the module docstring); `rewrite`: see
+    `Collator`."""
     shards, samples = _split_shards(Path(shard_dir), split)
     lp = data_params.loader
-    stream = _Stream(shards, _collator(tokenizer, data_params, task), micro_batch, rank, world_size,
+    stream = _Stream(shards, _collator(tokenizer, data_params, task, rewrite), micro_batch, rank, world_size,
                      train=True, seed=seed, shuffle_buffer=lp.shuffle_buffer)
     return Loader(stream, lp.num_workers, samples, math.ceil(samples / (micro_batch * world_size)))
 
@@ -231,10 +243,10 @@ def mixed_batches(loaders: dict[str, Any], weights: dict[str, float], seed: int)
 
 
 def eval_loader(shard_dir, split: str, tokenizer: Tokenizer, data_params, task: str, micro_batch: int,
-                rank: int, world_size: int) -> Loader:
+                rank: int, world_size: int, rewrite: Callable[[dict], dict] | None = None) -> Loader:
     """Every sample of the split exactly once across ranks and workers, in a fixed order, meta kept."""
     shards, samples = _split_shards(Path(shard_dir), split)
-    stream = _Stream(shards, _collator(tokenizer, data_params, task), micro_batch, rank, world_size,
+    stream = _Stream(shards, _collator(tokenizer, data_params, task, rewrite), micro_batch, rank, world_size,
                      train=False, seed=0, shuffle_buffer=0)
     return Loader(stream, data_params.loader.num_workers, samples, math.ceil(samples / (micro_batch * world_size)))
 

@@ -24,6 +24,21 @@ def expression_prompt(expression: str) -> str:
     return f'which region does the text " {expression} " describe?'
 
 
+REGION = "region"  # the pretraining stream of grounded captioning (train.pretrain.region), read from grounding shards
+
+
+def region_sample(meta: dict[str, Any]) -> dict[str, Any]:
+    """A grounding sample turned into OFA's grounded captioning, one of its pretraining tasks: the prompt gives the
+    object's box as its 4 location tokens, the text target names the object's COCO category (the shard's
+    `category`, from the refer instances' categories)."""
+    if not isinstance(meta.get("category"), str) or not meta["category"]:
+        raise NarvlError(f"grounding sample {meta.get('id')}: no 'category' field: region samples "
+                         f"(train.pretrain.region) need grounding shards made from refer files whose instances name "
+                         f"categories (OFA's TSV files have none; set train.pretrain.region: 0)")
+    bins = "".join(meta["target"].split())  # the 4 location tokens, without the spaces between them
+    return {**meta, "prompt": f"what does the region describe? region: {bins}", "target": meta["category"]}
+
+
 # ------------------------------------------------------------------------------------------------------- refer
 class _PlainUnpickler(pickle.Unpickler):
     """The refs file is plain data (lists, dicts, strings, numbers): refuse anything that would run code."""
@@ -64,13 +79,27 @@ def read_refer(refs_path: Path, instances_path: Path, images: Path) -> list[Reco
         image_files[_get(img, "id", int, instances_path, where)] = (
             _get(img, "file_name", str, instances_path, where),
             _get(img, "width", int, instances_path, where), _get(img, "height", int, instances_path, where))
+    # category id -> name (COCO's "categories"; a file without them gives samples without a category)
+    names: dict[int, str] = {}
+    cats = _get(inst, "categories", list, instances_path, "top level") if "categories" in inst else []
+    for i, cat in enumerate(cats):
+        where = f"categories[{i}]"
+        names[_get(cat, "id", int, instances_path, where)] = clean_text(_get(cat, "name", str, instances_path, where))
     boxes: dict[int, list[float]] = {}
+    categories: dict[int, str] = {}
     for i, ann in enumerate(_get(inst, "annotations", list, instances_path, "top level")):
         where = f"annotations[{i}]"
         bbox = _get(ann, "bbox", list, instances_path, where)
         if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
             raise NarvlError(f"{instances_path}: {where}: bbox should be 4 numbers [x, y, w, h], got {bbox!r:.80}")
-        boxes[_get(ann, "id", int, instances_path, where)] = [float(v) for v in bbox]
+        ann_id = _get(ann, "id", int, instances_path, where)
+        boxes[ann_id] = [float(v) for v in bbox]
+        if names:
+            category_id = _get(ann, "category_id", int, instances_path, where)
+            if category_id not in names:
+                raise NarvlError(f"{instances_path}: {where}: category_id {category_id} is not among its "
+                                 f"categories")
+            categories[ann_id] = names[category_id]
     records = []
     for i, ref in enumerate(refs):
         where = f"refs[{i}]"
@@ -94,7 +123,8 @@ def read_refer(refs_path: Path, instances_path: Path, images: Path) -> list[Reco
             records.append(Record(
                 split=split, source_id=f"sent_id={sent_id}", image=path, image_key=str(path), image_id=image_id,
                 fields=dict(prompt=expression_prompt(text), target="", expression=text, ref_id=ref_id,
-                            sent_id=sent_id, ann_id=ann_id, orig_box=orig_box)))
+                            sent_id=sent_id, ann_id=ann_id, orig_box=orig_box,
+                            **({"category": categories[ann_id]} if ann_id in categories else {}))))
     records.sort(key=lambda r: (r.split, r.fields["ref_id"], r.fields["sent_id"]))
     return records
 
@@ -219,3 +249,4 @@ class Grounding(Task):
 
 
 TASK = Grounding()
+REGION_SOURCE = TASK.name  # the task whose shards the region samples are made from

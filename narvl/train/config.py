@@ -36,6 +36,8 @@ def check_pretrain_params(train: TrainParams, where: str) -> None:
     if bad or not any(w > 0 for w in pre.weights.values()):
         raise NarvlError(f"{where}: train.pretrain.weights = {dict(pre.weights)}: every weight must be 0 or more "
                          f"and one at least positive")
+    if not pre.region >= 0:
+        raise NarvlError(f"{where}: train.pretrain.region = {pre.region} must be 0 or more")
     for task, w in pre.weights.items():
         if w > 0 and task not in train.val_split:
             raise NarvlError(f"{where}: train.val_split has no entry for task '{task}' (train.pretrain.weights)")

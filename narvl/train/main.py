@@ -43,11 +43,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from narvl import params as P, tasks
 from narvl.errors import NarvlError
 from narvl.io import file_sha256, restricted_torch_loads, write_json
+from narvl.tasks.grounding import REGION, REGION_SOURCE, region_sample
 from narvl.train import checkpoint as ck
 from narvl.train import launch
 from narvl.train.config import PRETRAIN, check_train_params
@@ -86,6 +87,16 @@ def narvl_argv(args: argparse.Namespace) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- checks
+@dataclass(frozen=True)
+class Source:
+    """One stream of training batches: a task's shard folder read as that task, or rewritten into other samples on
+    the same images (`rewrite`: the pretraining's region samples, `narvl.tasks.grounding.region_sample`)."""
+
+    task: str  # the task whose shards it reads (canvas, target length, val split)
+    folder: Path
+    rewrite: Callable[[dict], dict] | None = None
+
+
 @dataclass
 class Setup:
     """Everything a rank needs, checked before any work."""
@@ -96,8 +107,8 @@ class Setup:
     data: P.DataParams
     identity: Any  # narvl.model.ModelIdentity: what the model is (kind, task, arch, vocabulary, slots, special ids)
     shards: Path  # --shards
-    sources: dict[str, Path]  # the shard folder of each task trained on (one task, or train.pretrain's)
-    weights: dict[str, float]  # each task's share of the batches
+    sources: dict[str, Source]  # the batch streams: each task trained on (one task, or train.pretrain's) [+ region]
+    weights: dict[str, float]  # each stream's share of the batches
     steps: int  # train.steps[task], or train.pretrain.steps
     tokenizer: Any
     out: Path
@@ -149,6 +160,18 @@ def check_shards(shards: Path, task: str, splits: list[str]) -> dict[str, Any]:
     return sizes
 
 
+def _check_categories(folder: Path, where: str) -> None:
+    """train.pretrain.region: the grounding shards' training samples name their object's category (the first one
+    is read: `narvl shard` writes it for every sample of a refer file with categories, or for none)."""
+    from narvl.data.shard_folder import ShardFolder
+
+    first = next(iter(ShardFolder(folder).metas("train")), {})
+    if "category" not in first:
+        raise NarvlError(f"{where}: train.pretrain.region = region samples, but {folder}'s training samples name no "
+                         f"category (shards made from OFA's TSV files, or before narvl wrote categories: run `narvl "
+                         f"shard` again, or set train.pretrain.region: 0)")
+
+
 def _start_file(value: str | None, key: str, what: str, where: str) -> dict[str, str] | None:
     """{path, sha256} of a train.init / train.init_resnet file for the run identity (None when unset)."""
     if value is None:
@@ -191,8 +214,11 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
             raise NarvlError(f"--tasks {args.tasks}: {', '.join(unknown) or 'nothing'} not among the tasks of "
                              f"train.pretrain.weights with a positive weight ({', '.join(weights)})")
         weights = {t: w for t, w in weights.items() if t in chosen}
-    sources = {t: shards / t for t in weights} if pretrain else {args.task: shards}
-    for task, folder in sources.items():
+    sources = {t: Source(t, shards / t) for t in weights} if pretrain else {args.task: Source(args.task, shards)}
+    if pretrain and train.pretrain.region > 0 and REGION_SOURCE in sources:
+        weights[REGION] = float(train.pretrain.region)
+        sources[REGION] = Source(REGION_SOURCE, shards / REGION_SOURCE, region_sample)
+    for task, folder in dict.fromkeys((src.task, src.folder) for src in sources.values()):
         if task not in model_params.num_queries:
             raise NarvlError(f"{Path(args.params) / 'model.yaml'}: model.num_queries has no entry for '{task}'")
         num_queries = model_params.num_queries[task]
@@ -208,11 +234,13 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
             raise NarvlError(f"data.loader.max_target_len.{task} = {max_tgt} (+1 for EOS) exceeds the "
                              f"architecture's max_target_len {arch.max_target_len}")
         check_shards(folder, task, ["train", train.val_split[task]])
+    if REGION in sources:
+        _check_categories(sources[REGION].folder, where)
     if data.loader.max_source_len > arch.max_source_len:
         raise NarvlError(f"data.loader.max_source_len = {data.loader.max_source_len} exceeds the architecture's "
                          f"max_source_len {arch.max_source_len}")
     # an AR model has no query slots; the multi-task model records the largest (a NAR fine-tune makes its own)
-    num_queries = max(model_params.num_queries[t] for t in sources)
+    num_queries = max(model_params.num_queries[src.task] for src in sources.values())
 
     from narvl.data.tokenizer import Tokenizer
     from narvl.model import ModelIdentity
@@ -313,13 +341,13 @@ def run(setup: Setup) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- training
-def objective(kind: str, task: str, special_ids: dict[str, int], tokenizer, train: P.TrainParams):
+def objective(kind: str, task: str | None, special_ids: dict[str, int], tokenizer, train: P.TrainParams):
     """The training objective of a (kind, task) from the train params and the task's options
     (`Task.objective_options`: VQA score weights; grounding's distance-aware location and per-slot targets)."""
     from narvl.train.engine import Objective
 
-    return Objective(kind=kind, special_ids=special_ids, label_smoothing=train.label_smoothing,
-                     **tasks.get(task).objective_options(kind, tokenizer, train))
+    options = tasks.get(task).objective_options(kind, tokenizer, train) if task is not None else {}
+    return Objective(kind=kind, special_ids=special_ids, label_smoothing=train.label_smoothing, **options)
 
 
 class BatchStream:
@@ -430,7 +458,9 @@ class Trainer:
             log.info("initial weights from %s", load_init(train.init, self.model, s.tokenizer, train.init_bpe_dir))
         self.engine, _, _, self.group_names, self.ds_config = build_engine(self.model, train, s.total_steps)
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
-        self.objs = {task: objective(s.kind, task, s.identity.special_ids, s.tokenizer, train) for task in s.sources}
+        # region samples have text targets: the plain AR objective, none of grounding's box options
+        self.objs = {name: objective(s.kind, None if src.rewrite else src.task, s.identity.special_ids, s.tokenizer,
+                                     train) for name, src in s.sources.items()}
         # DeepSpeed reports the gradient norm only through its ZeRO / mixed-precision optimizer wrappers
         self.plain_fp32 = train.zero_stage == 0 and train.precision == "fp32"
 
@@ -512,8 +542,8 @@ class Trainer:
             write_json(s.out / "ds_config.json", dict(self.ds_config, world_size=world))
 
         def make(seed: int):
-            loaders = {task: train_loader(folder, "train", s.tokenizer, s.data, task, train.micro_batch, rank, world,
-                                          seed) for task, folder in s.sources.items()}
+            loaders = {name: train_loader(src.folder, "train", s.tokenizer, s.data, src.task, train.micro_batch, rank,
+                                          world, seed, src.rewrite) for name, src in s.sources.items()}
             return mixed_batches(loaders, s.weights, seed)
 
         self.stream = BatchStream(make, self.start.seed, self.start.skip, show=rank == 0) \
@@ -596,10 +626,10 @@ class Trainer:
         s, train, writer = self.s, self.train, self.writer
         split_val = train.zero_stage < 3
         results = {}
-        for task, folder in s.sources.items():
-            val_split = train.val_split[task]
-            batches = eval_loader(folder, val_split, s.tokenizer, s.data, task, train.micro_batch,
-                                  self.rank if split_val else 0, self.world if split_val else 1)
+        for task, src in s.sources.items():
+            val_split = train.val_split[src.task]
+            batches = eval_loader(src.folder, val_split, s.tokenizer, s.data, src.task, train.micro_batch,
+                                  self.rank if split_val else 0, self.world if split_val else 1, src.rewrite)
             result = validate(self.engine, batches, self.objs[task], train.val_batches, self.dtype,
                               reduce_over_ranks=split_val)
             prefix = f"val/{task}" if s.multitask else "val"
