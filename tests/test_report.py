@@ -280,6 +280,26 @@ def test_training_table_from_summaries(workspace):
     assert got[("caption-nar", "train:final.loss")] == "0.123456" and got[("caption-nar", "train:steps")] == "50"
 
 
+def test_training_table_lists_a_multi_task_run_s_validation_per_stream():
+    """`narvl train --task pretrain` validates each stream (summary.json: val by task, and the mix under `tasks`): its
+    row has no single val figure ("–"), and a line under the table gives each stream's, also in the tidy values."""
+    from narvl.report.tables import training_table
+
+    pretrain = {"task": "pretrain", "steps": 24, "final": {"loss": 1.5}, "world_size": 2, "wall_s_total": 60.0,
+                "tasks": {"caption": 1.0, "region": 0.5},
+                "val": {"caption": {"loss": 0.9, "exact_match": 0.0, "split": "val"},
+                        "region": {"loss": 0.55, "exact_match": 0.566, "split": "val"}}}
+    single = {"task": "vqa", "steps": 3, "final": {"loss": 0.5}, "val": {"loss": 0.4, "exact_match": 0.5}}
+    md, values = training_table({"pretrain-ar": pretrain, "vqa-ar": single})
+    assert "| pretrain-ar | 24 | 1.5000 | – | – | – | 2 | 60 |" in md
+    assert ("pretrain-ar validates each of its streams (val loss / exact match): caption 0.9000 / 0.000; region "
+            "0.5500 / 0.566.") in md
+    got = {(v["model"], v["quantity"]): v["value"] for v in values}
+    assert got[("pretrain-ar", "train:val.region.exact_match")] == 0.566 and got[("vqa-ar", "train:val.loss")] == 0.4
+    assert not any(q.startswith("train:val.") and m == "vqa-ar" and q != "train:val.loss"
+                   and q != "train:val.exact_match" for m, q in got)
+
+
 def test_explicit_metrics_files_leave_other_cells_out(tmp_path):
     """The workflow passes the cells it built: a leftover file in the same folder must not enter the tables."""
     make_metrics(tmp_path / "m", random.Random(2))

@@ -273,5 +273,31 @@ def training_table(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[dict
                 values.append({"task": summary.get("task", ""), "split": "", "model": run, "decoder": "",
                                "quantity": f"train:{'.'.join(path)}", "value": v, "source": f"{run}/summary.json"})
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
-    lines.append("\nFrom `runs/*/summary.json` (`narvl train`): final training window and validation at the end.\n")
+    notes = []
+    for run, summary in sorted(summaries.items()):
+        streams = _per_stream_val(summary)
+        if not streams:
+            continue
+        parts = []
+        for name, val in streams.items():
+            parts.append(f"{name} {val['loss']:.4f} / {val['exact_match']:.3f}")
+            for key in ("loss", "exact_match"):
+                values.append({"task": summary.get("task", ""), "split": "", "model": run, "decoder": "",
+                               "quantity": f"train:val.{name}.{key}", "value": val[key],
+                               "source": f"{run}/summary.json"})
+        notes.append(f"{run} validates each of its streams (val loss / exact match): {'; '.join(parts)}.")
+    lines.append("\nFrom `runs/*/summary.json` (`narvl train`): final training window and validation at the end."
+                 + "".join(f"  \n{n}" for n in notes) + "\n")
     return "\n".join(lines), values
+
+
+def _per_stream_val(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """A multi-task run's validation per stream (`narvl train --task pretrain`: summary.json's val by task), or {}."""
+    val = summary.get("val")
+    if not isinstance(summary.get("tasks"), dict) or not isinstance(val, dict):
+        return {}
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    return {name: v for name, v in sorted(val.items())
+            if isinstance(v, dict) and number(v.get("loss")) and number(v.get("exact_match"))}
