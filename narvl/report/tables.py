@@ -248,6 +248,10 @@ TRAIN_COLUMNS = [
 ]
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _get(d: dict, path: tuple[str, ...]) -> Any:
     for key in path:
         if not isinstance(d, dict) or key not in d:
@@ -267,7 +271,7 @@ def training_table(summaries: dict[str, dict[str, Any]]) -> tuple[str, list[dict
         cells = []
         for label, path, fmt in TRAIN_COLUMNS:
             v = _get(summary, path)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            ok = _number(v)
             cells.append(fmt.format(v) if ok and (fmt != "{:d}" or isinstance(v, int)) else "–")
             if ok:
                 values.append({"task": summary.get("task", ""), "split": "", "model": run, "decoder": "",
@@ -296,8 +300,5 @@ def _per_stream_val(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     val = summary.get("val")
     if not isinstance(summary.get("tasks"), dict) or not isinstance(val, dict):
         return {}
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
     return {name: v for name, v in sorted(val.items())
-            if isinstance(v, dict) and number(v.get("loss")) and number(v.get("exact_match"))}
+            if isinstance(v, dict) and _number(v.get("loss")) and _number(v.get("exact_match"))}
