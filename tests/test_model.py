@@ -329,3 +329,20 @@ def test_generation_restricted_to_allowed_tokens(beam_size):
     assert all(len(row) <= 5 and all(20 <= t < 30 for t in row) for row in short)
     with pytest.raises(ValueError, match="allowed"):
         m.generate(images, src, mask, max_len=6, allowed=torch.ones(V - 1, dtype=torch.bool))
+
+
+def test_resnet_computes_what_torchvision_computes():
+    """narvl's Bottleneck is torchvision's (module names, forward): torchvision's ResNet-50 weights load by name
+    and give the same features through stage 3, in training and in eval mode."""
+    from narvl.model import resnet as narvl_resnet
+
+    ours, tv = ResNet([3, 4, 6], 64), torchvision.models.resnet50()
+    missing, unexpected = ours.load_state_dict(tv.state_dict(), strict=False)
+    assert not missing and all(k.startswith(("layer4.", "fc.")) for k in unexpected)
+    images = torch.randn(2, 3, 64, 80)
+    for train in (True, False):
+        ours.train(train), tv.train(train)
+        with torch.no_grad():
+            want = tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(images)))))))
+            assert torch.equal(ours(images), want)
+    assert "torchvision" not in narvl_resnet.__dict__

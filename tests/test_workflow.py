@@ -30,18 +30,25 @@ def snakemake(*args: str, cwd: Path = ROOT, check: bool = True) -> subprocess.Co
 
 
 def dry_run_jobs(*args: str, cwd: Path = ROOT) -> list[dict]:
-    """The jobs of a forced dry run: rule, input and output paths, as Snakemake prints them."""
+    """The jobs of a forced dry run: rule, input and output paths, wildcards and priority (0 when Snakemake prints
+    none), as Snakemake prints them."""
     proc = snakemake("-n", "--forceall", "--nocolor", *args, cwd=cwd)
     jobs, job = [], None
     for line in (proc.stdout + proc.stderr).splitlines():
         m = re.match(r"^(?:local)?rule (\w+):$", line)
         if m:
-            job = {"rule": m.group(1), "input": [], "output": [], "shell": ""}
+            job = {"rule": m.group(1), "input": [], "output": [], "shell": "", "wildcards": {}, "priority": 0}
             jobs.append(job)
             continue
         m = re.match(r"^    (input|output): (.*)$", line)
         if job is not None and m:
             job[m.group(1)] = [p for p in m.group(2).split(", ") if p]
+        m = re.match(r"^    wildcards: (.*)$", line)
+        if job is not None and m:
+            job["wildcards"] = dict(kv.split("=", 1) for kv in m.group(1).split(", "))
+        m = re.match(r"^    priority: (-?\d+)$", line)
+        if job is not None and m:
+            job["priority"] = int(m.group(1))
     # `-n` prints each job once; a job printed twice (stdout and stderr both carry the log) is one job
     unique = {}
     for job in jobs:
@@ -108,6 +115,29 @@ def test_default_dry_run_has_the_whole_pipeline():
     assert {"narvl/synth/generate.py", "narvl/params.py", "params/data.yaml"} <= set(by_rule["synth"]["input"])
     assert "narvl/report/main.py" in by_rule["report"]["input"]
     assert "narvl/train/main.py" not in by_rule["synth"]["input"]
+
+
+def test_job_priorities_put_the_kd_chain_first_and_the_benchmark_beside_the_decodes():
+    """`--cores N` order (Snakemake's `priority`): exports first (they unblock decoding and distillation), then the
+    decoding benchmark as soon as its models exist, then the pretrainings and the KD chain (the AR teachers of
+    train.distill_tasks, distillation, the students), then the other trainings, then decoding and scoring. On 2 cores
+    a training takes both, so this keeps the trainings back to back and the 1-thread benchmark beside the decodes
+    rather than alone at the end (docs/workflow.md)."""
+    jobs = dry_run_jobs()
+    train = yaml.safe_load((ROOT / "params/train.yaml").read_text())["train"]
+    by_rule: dict[str, set[int]] = {}
+    for job in jobs:
+        if job["rule"] != "train":
+            by_rule.setdefault(job["rule"], set()).add(job["priority"])
+    trains = {(j["wildcards"]["task"], j["wildcards"]["run"]): j["priority"] for j in jobs if j["rule"] == "train"}
+    teachers = {trains[(task, "ar")] for task in train["distill_tasks"]}
+    others = {p for (task, run), p in trains.items() if not (run == "ar" and task in train["distill_tasks"])}
+    assert len(trains) == 8 and len(teachers) == len(others) == 1
+    assert by_rule["export"] == {40} and by_rule["bench_decode"] == {30}
+    assert by_rule["pretrain"] == by_rule["pretrain_resnet"] == by_rule["distill"] == by_rule["train_kd"] == teachers
+    assert teachers == {20} and others == {10}
+    for rule in ("synth", "tokenizer", "decode", "decode_blind", "score_vqa", "score_caption", "report"):
+        assert by_rule[rule] == {0}, rule
 
 
 def test_several_seeds_train_each_model_again_and_decode_it(tmp_path):

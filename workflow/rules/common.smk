@@ -269,6 +269,18 @@ def model_file(task, model):
     return f"{RUNS}/{task}-{model}/model.pt"
 
 
+# Job order under `--cores N` (Snakemake's `priority`, higher first; the results are the same in any order): the
+# exports that unblock decoding, then the decoding benchmark, then the pretrainings and the KD chain (the teachers,
+# distillation, the students), then the other trainings, then decoding and scoring. On 2 cores a training takes both, so the trainings
+# run back to back and the benchmark (1 thread) ends up beside the decodes instead of alone at the end.
+PRIORITY = {"export": 40, "bench": 30, "kd": 20, "train": 10}
+
+
+def train_priority(wildcards):
+    teacher = wildcards.run == "ar" and wildcards.task in TRAIN.distill_tasks and "nar" in PIPELINE.kinds
+    return PRIORITY["kd"] if teacher else PRIORITY["train"]
+
+
 MODEL_FILES = [model_file(task, model) for task in PIPELINE.tasks for model in models(task)]  # the benchmark's
 ALL_MODEL_FILES = MODEL_FILES + [model_file(task, model) for task in PIPELINE.tasks for model in seeded(task)]
 def baseline_cells():

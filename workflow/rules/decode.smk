@@ -75,6 +75,7 @@ rule bench_decode:
         values=values("decode", "model", "data.shard", "data.loader", "pipeline.eval_splits", "pipeline.ar_decoders"),
     log:
         logfile("decode/bench"),
+    priority: PRIORITY["bench"]
     threads: RES["bench"]["threads"]
     resources:
         mem_mb=RES["bench"]["mem_mb"],

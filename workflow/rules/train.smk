@@ -30,6 +30,7 @@ rule pretrain_resnet:
         values=values("train.resnet_pretrain", "train.seed", "model", "data.synth"),
     log:
         logfile("train/resnet-pretrain"),
+    priority: PRIORITY["kd"]
     threads: 1
     resources:
         mem_mb=RES["train"]["mem_mb"],
@@ -65,6 +66,7 @@ rule pretrain:
                       + ["train.steps"]),
     log:
         logfile("train/pretrain-{run}"),
+    priority: PRIORITY["kd"]
     threads: lambda w: TRAIN.for_task("pretrain", STAGE_FILES["train"]).nproc
     resources:
         mem_mb=RES["train"]["mem_mb"],
@@ -104,6 +106,7 @@ rule train:
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
     log:
         logfile("train/{task}-{run}"),
+    priority: train_priority
     threads: lambda w: TRAIN.for_task(w.task, STAGE_FILES["train"]).nproc
     resources:
         mem_mb=RES["train"]["mem_mb"],
@@ -132,6 +135,7 @@ rule distill:
         values=lambda w: values("decode", "data.loader", task=w.task, drop=DISTILL_VALUES_DROP),
     log:
         logfile("train/distill-{task}"),
+    priority: PRIORITY["kd"]
     threads: RES["distill"]["threads"]
     resources:
         mem_mb=RES["distill"]["mem_mb"],
@@ -162,6 +166,7 @@ rule train_kd:
         values=lambda w: values("train", "model", "data", task=w.task, drop=TRAIN_VALUES_DROP),
     log:
         logfile("train/{task}-nar-kd"),
+    priority: PRIORITY["kd"]
     threads: lambda w: TRAIN.for_task(w.task, STAGE_FILES["train"]).nproc
     resources:
         mem_mb=RES["train"]["mem_mb"],
@@ -186,6 +191,7 @@ rule export:
         run=lambda w, input: os.path.dirname(input.summary),
     log:
         logfile("train/export-{task}-{model}"),
+    priority: PRIORITY["export"]
     threads: 1
     resources:
         mem_mb=RES["decode"]["mem_mb"],
