@@ -117,12 +117,11 @@ def test_default_dry_run_has_the_whole_pipeline():
     assert "narvl/train/main.py" not in by_rule["synth"]["input"]
 
 
-def test_job_priorities_put_the_kd_chain_first_and_the_benchmark_beside_the_decodes():
+def test_job_priorities_put_exports_benchmark_and_kd_chain_before_other_trainings_and_decodes():
     """`--cores N` order (Snakemake's `priority`): exports first (they unblock decoding and distillation), then the
     decoding benchmark as soon as its models exist, then the pretrainings and the KD chain (the AR teachers of
-    train.distill_tasks, distillation, the students), then the other trainings, then decoding and scoring. On 2 cores
-    a training takes both, so this keeps the trainings back to back and the 1-thread benchmark beside the decodes
-    rather than alone at the end (docs/workflow.md)."""
+    train.distill_tasks, distillation, the students), then the other trainings, then decoding and scoring: on 2 cores
+    the trainings, which take both, run back to back (docs/workflow.md)."""
     jobs = dry_run_jobs()
     train = yaml.safe_load((ROOT / "params/train.yaml").read_text())["train"]
     by_rule: dict[str, set[int]] = {}

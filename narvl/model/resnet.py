@@ -15,8 +15,9 @@ from torch import Tensor, nn
 class Bottleneck(nn.Module):
     """torchvision's ResNet v1.5 block (1x1, 3x3 with the stride, 1x1 to 4x the planes; BatchNorm after each conv,
     the residual added before the last ReLU), with its module names and their creation order, so weights in
-    torchvision's or OFA's names load and a seed draws the same initial weights. Written here because importing
-    torchvision costs every narvl process about 1.5 s (it pulls in torch._dynamo through torchvision.ops)."""
+    torchvision's or OFA's names load and a seed draws the same initial weights as the torchvision block did. Written
+    here because importing torchvision costs every narvl process about 1.5 s (it pulls in torch._dynamo through
+    torchvision.ops)."""
 
     expansion = 4
 

@@ -271,8 +271,8 @@ def model_file(task, model):
 
 # Job order under `--cores N` (Snakemake's `priority`, higher first; the results are the same in any order): the
 # exports that unblock decoding, then the decoding benchmark, then the pretrainings and the KD chain (the teachers,
-# distillation, the students), then the other trainings, then decoding and scoring. On 2 cores a training takes both, so the trainings
-# run back to back and the benchmark (1 thread) ends up beside the decodes instead of alone at the end.
+# distillation, the students), then the other trainings, then decoding and scoring. On 2 cores a training takes
+# both, so the trainings run back to back and the benchmark starts as soon as the last model exists (docs/workflow.md).
 PRIORITY = {"export": 40, "bench": 30, "kd": 20, "train": 10}
 
 
