@@ -1,6 +1,7 @@
 """`narvl bench decode --preset`: runs end to end on tiny settings and writes the documented JSON."""
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -200,3 +201,65 @@ def test_batch_sizes_must_be_positive(tmp_path):
     with pytest.raises(NarvlError, match="--batch-sizes 1 0: every batch size must be at least 1"):
         bench.main(args)
     assert not out.exists()
+
+
+def test_merge_joins_per_task_runs_as_one_run_writes_them(tmp_path):
+    """The workflow times each task in its own job (`bench_decode_task`) and merges the files (`--merge`): the
+    merged file has the rows, models and layout of one run over every task, in that run's order (CPU rows, tasks
+    alphabetically); parts timed differently, or a task in two parts, are refused naming the file."""
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    prm = small_params(tmp_path)
+
+    def run(out, *tasks):
+        args = parser.parse_args(["--params", str(prm), "--preset", "cpu", "--device", "cpu", "--threads", "1",
+                                  "--tasks", *tasks, "--out", str(out)])
+        assert bench.main(args) == 0
+        return read_json(out)
+
+    whole = run(tmp_path / "whole.json", "grounding", "vqa")
+    run(tmp_path / "vqa.json", "vqa")
+    run(tmp_path / "grounding.json", "grounding")
+    merged_out = tmp_path / "decode.json"
+    assert bench.main(parser.parse_args(["--merge", str(tmp_path / "vqa.json"), str(tmp_path / "grounding.json"),
+                                         "--out", str(merged_out)])) == 0  # no --params: it times nothing
+    merged = read_json(merged_out)
+    assert set(merged) == set(whole)
+    assert {k: v for k, v in merged.items() if k != "results"} == {k: v for k, v in whole.items() if k != "results"}
+    assert [(r["device"], r["task"], r["batch"]) for r in merged["results"]] == \
+        [(r["device"], r["task"], r["batch"]) for r in whole["results"]] == \
+        [("cpu", "grounding", 1), ("cpu", "grounding", 2), ("cpu", "vqa", 1), ("cpu", "vqa", 2)]
+    assert [set(r) for r in merged["results"]] == [set(r) for r in whole["results"]]
+
+    # a run's own rows split by task and merged again give that run's file, byte for byte
+    for task in ("vqa", "grounding"):
+        part = dict(whole, results=[r for r in whole["results"] if r["task"] == task])
+        (tmp_path / f"split-{task}.json").write_text(json.dumps(part))
+    again = tmp_path / "again.json"
+    bench.main(parser.parse_args(["--merge", str(tmp_path / "split-vqa.json"), str(tmp_path / "split-grounding.json"),
+                                  "--out", str(again)]))
+    assert again.read_bytes() == (tmp_path / "whole.json").read_bytes()
+
+    # the models mode's per-task dicts are merged too
+    for task, name in (("vqa", "split-vqa.json"), ("grounding", "split-grounding.json")):
+        part = read_json(tmp_path / name)
+        part.update(mode="models", preset=None, models={task: {"ar": f"runs/{task}-ar/model.pt"}},
+                    splits={task: "val"})
+        (tmp_path / name).write_text(json.dumps(part))
+    bench.main(parser.parse_args(["--merge", str(tmp_path / "split-vqa.json"), str(tmp_path / "split-grounding.json"),
+                                  "--out", str(again)]))
+    merged = read_json(again)
+    assert merged["splits"] == {"grounding": "val", "vqa": "val"} and set(merged["models"]) == {"grounding", "vqa"}
+
+    with pytest.raises(NarvlError, match=r"whole\.json: task 'grounding' is also in .*grounding\.json"):
+        bench.merge([tmp_path / "grounding.json", tmp_path / "whole.json"])
+    other = read_json(tmp_path / "vqa.json")
+    other["decode"]["beam_size"] = 7
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(NarvlError, match=r"other\.json: 'decode' is .* must be timed alike"):
+        bench.merge([tmp_path / "grounding.json", tmp_path / "other.json"])
+    (tmp_path / "empty.json").write_text(json.dumps({"results": []}))
+    with pytest.raises(NarvlError, match=r"empty\.json: not a `narvl bench decode` file"):
+        bench.merge([tmp_path / "empty.json"])
+    with pytest.raises(NarvlError, match="--models and --preset need --params"):
+        bench.main(parser.parse_args(["--preset", "cpu", "--out", str(tmp_path / "x.json")]))

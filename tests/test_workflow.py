@@ -93,6 +93,16 @@ def test_default_dry_run_has_the_whole_pipeline():
                  + count["decode_blind"])
     assert count["baseline_grounding"] == 2 * len(splits["grounding"]) and baselines == 1 + 6 + 1 + 1 + 2
     assert count["bench_decode"] == count["report"] == count["all"] == 1
+    # the benchmark: one job per task on that task's models (it starts when they exist), merged into one file
+    assert count["bench_decode_task"] == len(tasks)
+    benches = {j["wildcards"]["task"]: j for j in jobs if j["rule"] == "bench_decode_task"}
+    for task, job in benches.items():
+        assert sorted(p for p in job["input"] if p.startswith("runs/")) == \
+            sorted(f"runs/{task}-{m}/model.pt" for m in pipeline["kinds"] + ["nar-kd"] * (task in kd)), job["input"]
+        assert job["output"] == [f"results/bench/decode-{task}.json"]
+    merge = next(j for j in jobs if j["rule"] == "bench_decode")
+    assert sorted(p for p in merge["input"] if p.startswith("results/")) == \
+        sorted(f"results/bench/decode-{t}.json" for t in tasks)
     # the report reads every metrics cell; every cell is scored from its own predictions
     report = next(j for j in jobs if j["rule"] == "report")
     metrics = [p for p in report["input"] if p.startswith("results/metrics/")]
@@ -104,12 +114,13 @@ def test_default_dry_run_has_the_whole_pipeline():
     assert "results/metrics/entailment-test-baseline-blind-greedy.json" in metrics
     assert "results/metrics/entailment-dev-ar-allcand.json" in metrics
     assert "results/metrics/grounding-testA-baseline-largest-object-none.json" in metrics
-    # every rule declares the narvl sources it runs and its params files (export and report read none) as inputs
+    # every rule declares the narvl sources it runs and its params files (export, report and the benchmark's merge
+    # read none) as inputs
     for job in jobs:
         if job["rule"] in ("all", "data_all", "train_all", "evaluate_all"):
             continue
         assert any(p.startswith("narvl/") for p in job["input"]), job
-        if job["rule"] not in ("export", "report"):
+        if job["rule"] not in ("export", "report", "bench_decode"):
             assert any(p.startswith("params/") for p in job["input"]), job
     by_rule = {j["rule"]: j for j in jobs}
     assert {"narvl/synth/generate.py", "narvl/params.py", "params/data.yaml"} <= set(by_rule["synth"]["input"])
@@ -117,11 +128,12 @@ def test_default_dry_run_has_the_whole_pipeline():
     assert "narvl/train/main.py" not in by_rule["synth"]["input"]
 
 
-def test_job_priorities_put_exports_benchmark_and_kd_chain_before_other_trainings_and_decodes():
-    """`--cores N` order (Snakemake's `priority`): exports first (they unblock decoding and distillation), then the
-    decoding benchmark as soon as its models exist, then the pretrainings and the KD chain (the AR teachers of
-    train.distill_tasks, distillation, the students), then the other trainings, then decoding and scoring: on 2 cores
-    the trainings, which take both, run back to back (docs/workflow.md)."""
+def test_job_priorities_train_task_by_task_and_benchmark_each_task_when_its_models_exist():
+    """`--cores N` order (Snakemake's `priority`): exports first (they unblock decoding and distillation), then each
+    task's decoding benchmark as soon as its models exist, then the pretrainings and every training of the KD tasks
+    (train.distill_tasks: teachers, distillation, students and plain NAR models), then the other tasks' trainings,
+    then decoding and scoring: on 2 cores the trainings, which take both, run back to back, task by task, and a
+    finished task's benchmark and decodes run beside each other (docs/workflow.md)."""
     jobs = dry_run_jobs()
     train = yaml.safe_load((ROOT / "params/train.yaml").read_text())["train"]
     by_rule: dict[str, set[int]] = {}
@@ -129,12 +141,12 @@ def test_job_priorities_put_exports_benchmark_and_kd_chain_before_other_training
         if job["rule"] != "train":
             by_rule.setdefault(job["rule"], set()).add(job["priority"])
     trains = {(j["wildcards"]["task"], j["wildcards"]["run"]): j["priority"] for j in jobs if j["rule"] == "train"}
-    teachers = {trains[(task, "ar")] for task in train["distill_tasks"]}
-    others = {p for (task, run), p in trains.items() if not (run == "ar" and task in train["distill_tasks"])}
-    assert len(trains) == 8 and len(teachers) == len(others) == 1
-    assert by_rule["export"] == {40} and by_rule["bench_decode"] == {30}
-    assert by_rule["pretrain"] == by_rule["pretrain_resnet"] == by_rule["distill"] == by_rule["train_kd"] == teachers
-    assert teachers == {20} and others == {10}
+    kd_tasks = {p for (task, run), p in trains.items() if task in train["distill_tasks"]}
+    others = {p for (task, run), p in trains.items() if task not in train["distill_tasks"]}
+    assert len(trains) == 8 and len(kd_tasks) == len(others) == 1
+    assert by_rule["export"] == {40} and by_rule["bench_decode_task"] == by_rule["bench_decode"] == {30}
+    assert by_rule["pretrain"] == by_rule["pretrain_resnet"] == by_rule["distill"] == by_rule["train_kd"] == kd_tasks
+    assert kd_tasks == {20} and others == {10}
     for rule in ("synth", "tokenizer", "decode", "decode_blind", "score_vqa", "score_caption", "report"):
         assert by_rule[rule] == {0}, rule
 
@@ -158,8 +170,9 @@ def test_several_seeds_train_each_model_again_and_decode_it(tmp_path):
     assert {"results/metrics/vqa-val-ar-seed1-trie.json", "results/metrics/grounding-testB-nar-seed1-beam.json",
             "results/metrics/caption-test-ar-seed1-greedy.json"} <= metrics
     assert not any("nar-kd-seed" in p for p in metrics)
-    bench = next(j for j in jobs if j["rule"] == "bench_decode")
-    assert not any(p.startswith("runs/") and "-seed" in p for p in bench["input"])
+    benches = [j for j in jobs if j["rule"] == "bench_decode_task"]
+    assert len(benches) == len(pipeline["tasks"])
+    assert not any(p.startswith("runs/") and "-seed" in p for j in benches for p in j["input"])
     proc = snakemake("-n", "--forceall", "-p", "--nocolor", "--config", f"params_dir={params}")
     shown = proc.stdout + proc.stderr
     # every run starts from its seed's multi-task AR model (pipeline.pretrain), whose ResNet starts from the one

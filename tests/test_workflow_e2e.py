@@ -242,8 +242,8 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     scores = sum(n for r, n in rerun.items() if r.startswith("score_"))
     assert rerun.pop("decode") == len(changed) and scores == len(changed), rerun
     assert {r: n for r, n in rerun.items() if not r.startswith("score_")} == {
-        "distill": len(kd_tasks), "train_kd": len(kd_tasks), "export": len(kd_tasks), "bench_decode": 1,
-        "report": 1, "reproduction": 1, "all": 1}, rerun
+        "distill": len(kd_tasks), "train_kd": len(kd_tasks), "export": len(kd_tasks),
+        "bench_decode_task": len(pipeline["tasks"]), "bench_decode": 1, "report": 1, "reproduction": 1, "all": 1}, rerun
     # a comment in a params file reruns nothing (params files count by their values, not their time stamps)
     decode.write_text(decode.read_text().replace("beam_size: 3", f"beam_size: {TINY['decode']['beam_size']}"))
     (clone / "params/train.yaml").write_text((clone / "params/train.yaml").read_text() + "# a comment\n")
@@ -255,6 +255,7 @@ def test_fresh_clone_dvc_repro_end_to_end(tmp_path):
     assert rerun.get("train") == len(pipeline["kinds"]) and "train_kd" not in rerun and "synth" not in rerun, rerun
     assert rerun.get("decode") == len([c for c in cells if c[0] == "grounding" and c[3] != "none"]), rerun
     assert "baseline_grounding" not in rerun, rerun  # the guesses use no model
+    assert rerun.get("bench_decode_task") == 1, rerun  # grounding's benchmark alone, then the merge
     (clone / "params/train.yaml").write_text(text)
 
     # 5. the Snakemake report bundles tables, plots and the gallery

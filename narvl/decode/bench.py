@@ -41,7 +41,7 @@ decoder to the ratios of that AR time to NAR greedy's; `encoder_variants` maps e
 nar_greedy_over_encoder, ar_greedy_over_nar_greedy, ar_beam_over_nar_greedy, ar_beam_over_nar_beam, next to the
 paper's AR/NAR speed-ups (OFA vs NARVL: grounding 2.4x, VQA 12.7x, caption 7.2x, entailment 1.4x).
 
-Two modes:
+Three modes:
   --models M.pt ...   trained model files (`narvl export`): per task one AR file and one or more NAR files (a
                       file's model name is its folder's name after "<task>-": runs/vqa-nar-kd/model.pt is
                       `nar-kd`); inputs are the first decode.bench_samples samples of the task's first evaluation
@@ -53,6 +53,10 @@ Two modes:
                       data.loader.max_source_len prompt tokens; N = model.num_queries[task] and AR generation
                       forced to exactly data.loader.max_target_len[task] + 1 tokens (EOS suppressed until the
                       last step), so the comparison is fair at a fixed output length.
+
+  --merge PART ...    benchmark files of disjoint tasks (the workflow runs one --models job per task, so that each
+                      starts as soon as that task's models exist) merged into one file, as one run over every task
+                      writes it (`merge`); times nothing and needs no --params.
 
 Reads the params folder (model, data, decode, pipeline yaml); writes --out:
     {"mode", "preset", "arch", "parameters", "decode", "inference", "paper_speedup", "targets", "environment",
@@ -84,10 +88,13 @@ log = logging.getLogger("narvl.bench.decode")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", required=True, type=Path, help="parameter folder (model.yaml, data.yaml, decode.yaml, pipeline.yaml)")
+    parser.add_argument("--params", type=Path,
+                        help="parameter folder (model.yaml, data.yaml, decode.yaml, pipeline.yaml); --models, --preset")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--models", nargs="+", type=Path, help="exported model files (one AR and NAR files per task)")
     mode.add_argument("--preset", choices=list(PRESETS), help="random models of this preset")
+    mode.add_argument("--merge", nargs="+", type=Path, metavar="PART",
+                      help="merge benchmark files of other tasks (one job per task) into one; times nothing")
     parser.add_argument("--shards", type=Path, help="shards root (<root>/<task>/, <root>/tokenizer.json); --models")
     parser.add_argument("--tasks", nargs="+", help="only these tasks (default: all the mode provides)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -339,11 +346,64 @@ def _model_setups(args, prm) -> list[dict[str, Any]]:
     return setups
 
 
+# Values every merged part must share: they say how the timings were taken.
+MERGE_SAME = ("mode", "preset", "dtype", "decode", "inference", "targets", "paper_speedup", "environment")
+DEVICE_ORDER = ("cpu", "cuda")  # the order of _devices: every CPU row before the GPU rows
+
+
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One benchmark of several runs over disjoint tasks (`--merge`; the workflow times each task in its own job, as
+    soon as its models exist): the rows of every part, CPU rows first and tasks in alphabetical order within a
+    device, as one run over every task writes them; `models` and `splits` merged; `arch` and `parameters` those of
+    the alphabetically first task, as in such a run. Parts must agree on MERGE_SAME."""
+    from narvl.errors import NarvlError
+    from narvl.io import read_json
+
+    parts = []
+    for path in paths:
+        part = read_json(path)
+        if not isinstance(part, dict) or not isinstance(part.get("results"), list) or not part["results"]:
+            raise NarvlError(f"{path}: not a `narvl bench decode` file with results (no 'results' rows)")
+        tasks = sorted({row["task"] for row in part["results"]})
+        parts.append((tasks, path, part))
+    parts.sort(key=lambda p: p[0])
+    seen: dict[str, Path] = {}
+    for tasks, path, part in parts:
+        for key in MERGE_SAME:
+            if part.get(key) != parts[0][2].get(key):
+                raise NarvlError(f"{path}: '{key}' is {part.get(key)!r}, but {parts[0][1]} has "
+                                 f"{parts[0][2].get(key)!r}: parts of one benchmark must be timed alike")
+        for task in tasks:
+            if task in seen:
+                raise NarvlError(f"{path}: task '{task}' is also in {seen[task]}: each task in one part only")
+            seen[task] = path
+    first = parts[0][2]
+    result = {key: first[key] for key in first if key not in ("results", "models", "splits")}
+    order = {device: i for i, device in enumerate(DEVICE_ORDER)}
+    rows = [(order.get(row["device"], len(order)), i, j, row)
+            for i, (_, _, part) in enumerate(parts) for j, row in enumerate(part["results"])]
+    result["results"] = [row for *_, row in sorted(rows, key=lambda r: r[:3])]
+    for key in ("models", "splits"):
+        if any(key in part for _, _, part in parts):
+            result[key] = {task: value for _, _, part in parts for task, value in part.get(key, {}).items()}
+    return result
+
+
 def main(args: argparse.Namespace) -> int:
+    from narvl.io import write_json
+
+    if args.merge:
+        write_json(args.out, merge(args.merge))
+        log.info("merged %d parts into %s", len(args.merge), args.out)
+        return 0
+    if args.params is None:
+        from narvl.errors import NarvlError
+
+        raise NarvlError("--models and --preset need --params (the parameter folder)")
+
     import torch
 
     from narvl import params
-    from narvl.io import write_json
     from narvl.model import count_parameters
     from narvl.model.inference import prepare
 

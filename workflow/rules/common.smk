@@ -270,18 +270,25 @@ def model_file(task, model):
 
 
 # Job order under `--cores N` (Snakemake's `priority`, higher first; the results are the same in any order): the
-# exports that unblock decoding, then the decoding benchmark, then the pretrainings and the KD chain (the teachers,
-# distillation, the students), then the other trainings, then decoding and scoring. On 2 cores a training takes
-# both, so the trainings run back to back and the benchmark starts as soon as the last model exists (docs/workflow.md).
+# exports that unblock decoding, then the decoding benchmark (one job per task), then the pretrainings and every
+# training of the KD tasks (the teachers, distillation, the students, the plain NAR models), then the other tasks'
+# trainings, then decoding and scoring. On 2 cores a training takes both, so the trainings run back to back, task by
+# task, and each task's benchmark and decodes run beside each other as soon as its models exist, while the next
+# task trains (docs/workflow.md).
 PRIORITY = {"export": 40, "bench": 30, "kd": 20, "train": 10}
 
 
 def train_priority(wildcards):
-    teacher = wildcards.run == "ar" and wildcards.task in TRAIN.distill_tasks and "nar" in PIPELINE.kinds
-    return PRIORITY["kd"] if teacher else PRIORITY["train"]
+    kd_task = wildcards.task in TRAIN.distill_tasks and "nar" in PIPELINE.kinds and "ar" in PIPELINE.kinds
+    return PRIORITY["kd"] if kd_task else PRIORITY["train"]
 
 
-MODEL_FILES = [model_file(task, model) for task in PIPELINE.tasks for model in models(task)]  # the benchmark's
+def task_model_files(task):
+    """The model files of `task` that the decoding benchmark times (the first seed's, KD students included)."""
+    return [model_file(task, model) for model in models(task)]
+
+
+MODEL_FILES = [path for task in PIPELINE.tasks for path in task_model_files(task)]
 ALL_MODEL_FILES = MODEL_FILES + [model_file(task, model) for task in PIPELINE.tasks for model in seeded(task)]
 def baseline_cells():
     """The trivial baselines' cells (pipeline.baselines): the constant caption; the majority answer per question

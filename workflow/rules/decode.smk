@@ -58,23 +58,25 @@ rule decode_blind:
         " --out {output.predictions:q} > {log:q} 2>&1"
 
 
-rule bench_decode:
-    """AR vs NAR decoding latency (greedy, beam, the AR-only decoders of pipeline.ar_decoders; batch sizes of
-    decode.bench_batch_sizes) on every model."""
+rule bench_decode_task:
+    """AR vs NAR decoding latency of one task's models (greedy, beam, the AR-only decoders of pipeline.ar_decoders;
+    batch sizes of decode.bench_batch_sizes): one job per task, so that each starts as soon as its task's models
+    exist instead of every task's at the end of the run."""
     input:
         params=ancient_params("decode", "model", "data", "pipeline"),
         code=sources("narvl.decode.bench", *TASK_MODULES),
-        models=MODEL_FILES,
-        shards=expand(f"{SHARDS}/{{task}}", task=PIPELINE.tasks),
+        models=lambda w: task_model_files(w.task),
+        shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
     output:
-        bench=BENCH,
+        bench=f"{RESULTS}/bench/decode-{{task}}.json",
     params:
         folder=folder_of("params"),
         shards=folder_of("tokenizer"),
-        values=values("decode", "model", "data.shard", "data.loader", "pipeline.eval_splits", "pipeline.ar_decoders"),
+        values=lambda w: values("decode", "model", "data.shard", "data.loader", "pipeline.eval_splits",
+                                "pipeline.ar_decoders", task=w.task),
     log:
-        logfile("decode/bench"),
+        logfile("decode/bench-{task}"),
     priority: PRIORITY["bench"]
     threads: RES["bench"]["threads"]
     resources:
@@ -83,4 +85,23 @@ rule bench_decode:
         gpu=RES["bench"]["gpu"],
     shell:
         "python -m narvl bench decode --params {params.folder:q} --models {input.models:q} --shards {params.shards:q}"
-        " --threads {threads} --out {output.bench:q} > {log:q} 2>&1"
+        " --tasks {wildcards.task:q} --threads {threads} --out {output.bench:q} > {log:q} 2>&1"
+
+
+rule bench_decode:
+    """The decoding benchmark of every task: the per-task files merged into one (`narvl bench decode --merge`),
+    as one run over every task writes it; the report and the reproduction read it."""
+    input:
+        code=sources("narvl.decode.bench"),
+        parts=expand(f"{RESULTS}/bench/decode-{{task}}.json", task=PIPELINE.tasks),
+    output:
+        bench=BENCH,
+    log:
+        logfile("decode/bench"),
+    priority: PRIORITY["bench"]
+    threads: 1
+    resources:
+        mem_mb=RES["report"]["mem_mb"],
+        runtime=RES["report"]["runtime"],
+    shell:
+        "python -m narvl bench decode --merge {input.parts:q} --out {output.bench:q} > {log:q} 2>&1"
