@@ -197,6 +197,47 @@ def test_publish_copies_the_run_and_the_readme_block_comes_from_the_published_co
     assert (foreign / "notes.txt").read_text() == "keep"
 
 
+SNAKEMAKE_LOG_TAIL = """\
+Building DAG of jobs...
+Provided cores: 2
+Rules claiming more threads will be scaled down.
+[Thu Dec  3 22:41:41 2026]
+Finished jobid: 0 (Rule: all)
+134 of 134 steps (100%) done
+Complete log(s): /tmp/x/.snakemake/log/2026-12-03T222233.467767.snakemake.log
+Elapsed time: 0:19:07.908796
+"""
+
+
+def test_publish_with_the_run_log_records_and_shows_how_long_the_run_took(run_and_published, tmp_path, capsys):
+    """--run-log: Snakemake's own elapsed time, cores and jobs go into machine.json and the README block; a log of
+    an unfinished run, or of a run with nothing to do, is refused before anything is published."""
+    run, _ = run_and_published
+    dest, readme_path = tmp_path / "pub", tmp_path / "README.md"
+    readme_path.write_text(README_TEXT)
+    log = tmp_path / "2026-12-03T222233.467767.snakemake.log"
+    log.write_text(SNAKEMAKE_LOG_TAIL)
+    args = ["report", "--publish", str(dest), "--metrics", str(run / "metrics"), "--bench",
+            str(run / "bench" / "decode.json"), "--readme", str(readme_path), "--run-log", str(log)]
+    assert cli_main(args) == 0
+    machine = json.loads((dest / "machine.json").read_text())
+    assert machine["run"] == {"log": log.name, "elapsed_s": 1147.9, "jobs": 134, "cores": 2}
+    assert "; the Snakemake run took 1,148 s (19.1 minutes) for 134 jobs on 2 cores." in readme_path.read_text()
+
+    unfinished = tmp_path / "unfinished.log"
+    unfinished.write_text(SNAKEMAKE_LOG_TAIL.split("Elapsed")[0])
+    other = tmp_path / "pub2"
+    assert cli_main([*args[:2], str(other), *args[3:-1], str(unfinished)]) == 2
+    assert "unfinished.log: no 'Elapsed time' line" in capsys.readouterr().err and not other.exists()
+    idle = tmp_path / "idle.log"
+    idle.write_text("Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n"
+                    "Complete log(s): x\nElapsed time: 0:00:01.2\n")
+    assert cli_main([*args[:2], str(other), *args[3:-1], str(idle)]) == 2
+    assert "idle.log: Snakemake had nothing to do in this run" in capsys.readouterr().err and not other.exists()
+    assert cli_main(["report", "--publish", str(dest), "--readme", str(readme_path), "--run-log", str(log)]) == 2
+    assert "--run-log goes with --publish DIR --metrics --bench" in capsys.readouterr().err
+
+
 def test_the_committed_published_folder_is_complete_and_consistent():
     """published/default holds what the README block and the reproduction rule read, and its tables match it."""
     pipeline = yaml.safe_load((ROOT / "params" / "pipeline.yaml").read_text())["pipeline"]

@@ -255,12 +255,35 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(commands: list[str], bench_environment: dict[str, Any]) -> dict[str, Any]:
-    """Where, when and how a published run was made (machine.json)."""
+def run_info(log: Path) -> dict[str, Any]:
+    """How long the Snakemake run took, from its log (.snakemake/log/<date>.snakemake.log): Snakemake's own
+    `Elapsed time` line (written when the run ends), the cores it was given and the jobs it finished."""
+    import re
+
+    try:
+        text = log.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise NarvlError(f"{log}: cannot read the Snakemake log: {e}") from e
+    elapsed = re.search(r"^Elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)$", text, re.MULTILINE)
+    if elapsed is None:
+        raise NarvlError(f"{log}: no 'Elapsed time' line: not the log of a finished Snakemake run")
+    if re.search(r"^Nothing to be done", text, re.MULTILINE):
+        raise NarvlError(f"{log}: Snakemake had nothing to do in this run: publish the log of the run that made "
+                         "the results")
+    hours, minutes, seconds = elapsed.groups()
+    steps = re.findall(r"^(\d+) of (\d+) steps \(100%\) done$", text, re.MULTILINE)
+    cores = re.search(r"^Provided cores: (\d+)$", text, re.MULTILINE)
+    return {"log": log.name, "elapsed_s": round(int(hours) * 3600 + int(minutes) * 60 + float(seconds), 1),
+            "jobs": int(steps[-1][0]) if steps else None, "cores": int(cores.group(1)) if cores else None}
+
+
+def machine_info(commands: list[str], bench_environment: dict[str, Any],
+                 run_log: Path | None = None) -> dict[str, Any]:
+    """Where, when and how a published run was made (machine.json); with `run_log`, how long it took (`run`)."""
     import torch
 
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
+    info = {
         "written_by": PUBLISHER,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commands": commands,
@@ -269,9 +292,13 @@ def machine_info(commands: list[str], bench_environment: dict[str, Any]) -> dict
                     "python": sys.version.split()[0], "torch": torch.__version__,
                     "bench_threads": bench_environment.get("threads"), "gpu": bench_environment.get("gpu")},
     }
+    if run_log is not None:
+        info["run"] = run_info(run_log)
+    return info
 
 
-def publish(dest: Path, metrics: list[Path], bench: Path, out: Path | None, commands: list[str]) -> None:
+def publish(dest: Path, metrics: list[Path], bench: Path, out: Path | None, commands: list[str],
+            run_log: Path | None = None) -> None:
     """Copy a run (its metrics cells, benchmark, and OUT's tables and plots) into `dest`, replacing what an earlier
     `narvl report --publish` wrote there; any other existing folder is left alone (an error)."""
     if dest.exists() and not (dest / MACHINE).is_file():
@@ -280,6 +307,7 @@ def publish(dest: Path, metrics: list[Path], bench: Path, out: Path | None, comm
     if dest.exists() and read_json(dest / MACHINE).get("written_by") != PUBLISHER:
         raise NarvlError(f"{dest / MACHINE}: not written by `{PUBLISHER}`; choose another folder or remove it")
     bench_data = read_json(bench)
+    machine = machine_info(commands, bench_data.get("environment", {}), run_log)  # a bad log fails before any copy
     with atomic_path(dest, is_dir=True) as tmp:
         (tmp / "metrics").mkdir()
         for path in metrics:
@@ -294,4 +322,4 @@ def publish(dest: Path, metrics: list[Path], bench: Path, out: Path | None, comm
                 (tmp / sub).mkdir()
                 for path in found:
                     shutil.copyfile(path, tmp / sub / path.name)
-        write_json(tmp / MACHINE, machine_info(commands, bench_data.get("environment", {})))
+        write_json(tmp / MACHINE, machine)
