@@ -246,18 +246,27 @@ def test_merge_joins_per_task_runs_as_one_run_writes_them(tmp_path):
         part.update(mode="models", preset=None, models={task: {"ar": f"runs/{task}-ar/model.pt"}},
                     splits={task: "val"})
         (tmp_path / name).write_text(json.dumps(part))
-    bench.main(parser.parse_args(["--merge", str(tmp_path / "split-vqa.json"), str(tmp_path / "split-grounding.json"),
-                                  "--out", str(again)]))
+    assert bench.main(parser.parse_args(["--merge", str(tmp_path / "split-vqa.json"),
+                                         str(tmp_path / "split-grounding.json"), "--out", str(again)])) == 0
     merged = read_json(again)
     assert merged["splits"] == {"grounding": "val", "vqa": "val"} and set(merged["models"]) == {"grounding", "vqa"}
+
+    # rows come out by device, then task, whatever order a part holds them in (`--tasks vqa grounding`)
+    mixed = dict(whole, results=[r for r in whole["results"] if r["task"] == "vqa"]
+                 + [r for r in whole["results"] if r["task"] == "grounding"])
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    assert bench.merge([tmp_path / "mixed.json"])["results"] == whole["results"]
 
     with pytest.raises(NarvlError, match=r"whole\.json: task 'grounding' is also in .*grounding\.json"):
         bench.merge([tmp_path / "grounding.json", tmp_path / "whole.json"])
     other = read_json(tmp_path / "vqa.json")
     other["decode"]["beam_size"] = 7
     (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(NarvlError, match=r"other\.json: 'decode' is .* must be timed alike"):
+    with pytest.raises(NarvlError, match=r"other\.json: 'decode' is .* must be timed alike .*--forcerun bench_decode_task"):
         bench.merge([tmp_path / "grounding.json", tmp_path / "other.json"])
+    (tmp_path / "rowless.json").write_text(json.dumps({"results": [{"batch": 1}]}))
+    with pytest.raises(NarvlError, match=r"rowless\.json: results\[0\] has no 'task' and 'device' names"):
+        bench.merge([tmp_path / "rowless.json"])
     (tmp_path / "empty.json").write_text(json.dumps({"results": []}))
     with pytest.raises(NarvlError, match=r"empty\.json: not a `narvl bench decode` file"):
         bench.merge([tmp_path / "empty.json"])

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from narvl.cli import main as cli_main
-from narvl.report import readme
+from narvl.report import readme, reproduce
 from tests.test_report import README_TEXT, make_bench, make_metrics
 
 ROOT = Path(__file__).parents[1]
@@ -211,7 +211,7 @@ Elapsed time: 0:19:07.908796
 
 def test_publish_with_the_run_log_records_and_shows_how_long_the_run_took(run_and_published, tmp_path, capsys):
     """--run-log: Snakemake's own elapsed time, cores and jobs go into machine.json and the README block; a log of
-    an unfinished run, or of a run with nothing to do, is refused before anything is published."""
+    an unfinished or failed run, or of a run with nothing to do, is refused before anything is published."""
     run, _ = run_and_published
     dest, readme_path = tmp_path / "pub", tmp_path / "README.md"
     readme_path.write_text(README_TEXT)
@@ -228,12 +228,21 @@ def test_publish_with_the_run_log_records_and_shows_how_long_the_run_took(run_an
     unfinished.write_text(SNAKEMAKE_LOG_TAIL.split("Elapsed")[0])
     other = tmp_path / "pub2"
     assert cli_main([*args[:2], str(other), *args[3:-1], str(unfinished)]) == 2
-    assert "unfinished.log: no 'Elapsed time' line" in capsys.readouterr().err and not other.exists()
-    idle = tmp_path / "idle.log"
-    idle.write_text("Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n"
-                    "Complete log(s): x\nElapsed time: 0:00:01.2\n")
+    assert "unfinished.log: no 'N of N steps (100%) done' and 'Elapsed time' lines" in capsys.readouterr().err and not other.exists()
+    idle = tmp_path / "idle.log"  # Snakemake 9 writes no elapsed time when it has nothing to do
+    idle.write_text("Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n")
     assert cli_main([*args[:2], str(other), *args[3:-1], str(idle)]) == 2
     assert "idle.log: Snakemake had nothing to do in this run" in capsys.readouterr().err and not other.exists()
+    failed = tmp_path / "failed.log"  # a failed run has an elapsed time too
+    failed.write_text("Provided cores: 2\nError in rule train:\n    jobid: 7\n3 of 10 steps (30%) done\n"
+                      "Elapsed time: 0:05:01.5\n")
+    assert cli_main([*args[:2], str(other), *args[3:-1], str(failed)]) == 2
+    assert "failed.log: a job of this run failed" in capsys.readouterr().err and not other.exists()
+    # one core, and a run of more than a day, as Snakemake writes them
+    long = tmp_path / "long.log"
+    long.write_text("Provided cores: 1 (use --cores to define parallelism)\n7 of 7 steps (100%) done\n"
+                    "Elapsed time: 1 day, 2:03:04.5\n")
+    assert reproduce.run_info(long) == {"log": "long.log", "elapsed_s": 93784.5, "jobs": 7, "cores": 1}
     assert cli_main(["report", "--publish", str(dest), "--readme", str(readme_path), "--run-log", str(log)]) == 2
     assert "--run-log goes with --publish DIR --metrics --bench" in capsys.readouterr().err
 

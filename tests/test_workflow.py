@@ -128,12 +128,12 @@ def test_default_dry_run_has_the_whole_pipeline():
     assert "narvl/train/main.py" not in by_rule["synth"]["input"]
 
 
-def test_job_priorities_train_task_by_task_and_benchmark_each_task_when_its_models_exist():
+def test_job_priorities_put_the_kd_tasks_first_and_benchmark_each_task_when_its_models_exist():
     """`--cores N` order (Snakemake's `priority`): exports first (they unblock decoding and distillation), then each
     task's decoding benchmark as soon as its models exist, then the pretrainings and every training of the KD tasks
     (train.distill_tasks: teachers, distillation, students and plain NAR models), then the other tasks' trainings,
-    then decoding and scoring: on 2 cores the trainings, which take both, run back to back, task by task, and a
-    finished task's benchmark and decodes run beside each other (docs/workflow.md)."""
+    then decoding and scoring: on 2 cores the trainings, which take both, run back to back, the KD tasks' first, and
+    a finished task's benchmark and decodes run beside each other (docs/workflow.md)."""
     jobs = dry_run_jobs()
     train = yaml.safe_load((ROOT / "params/train.yaml").read_text())["train"]
     by_rule: dict[str, set[int]] = {}

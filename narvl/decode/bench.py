@@ -364,6 +364,14 @@ def merge(paths: list[Path]) -> dict[str, Any]:
         part = read_json(path)
         if not isinstance(part, dict) or not isinstance(part.get("results"), list) or not part["results"]:
             raise NarvlError(f"{path}: not a `narvl bench decode` file with results (no 'results' rows)")
+        for i, row in enumerate(part["results"]):
+            if not isinstance(row, dict) or not isinstance(row.get("task"), str) or \
+                    not isinstance(row.get("device"), str):
+                raise NarvlError(f"{path}: results[{i}] has no 'task' and 'device' names: not a `narvl bench "
+                                 "decode` row")
+        for key in ("models", "splits"):
+            if not isinstance(part.get(key, {}), dict):
+                raise NarvlError(f"{path}: '{key}' must map task names to values")
         tasks = sorted({row["task"] for row in part["results"]})
         parts.append((tasks, path, part))
     parts.sort(key=lambda p: p[0])
@@ -372,7 +380,8 @@ def merge(paths: list[Path]) -> dict[str, Any]:
         for key in MERGE_SAME:
             if part.get(key) != parts[0][2].get(key):
                 raise NarvlError(f"{path}: '{key}' is {part.get(key)!r}, but {parts[0][1]} has "
-                                 f"{parts[0][2].get(key)!r}: parts of one benchmark must be timed alike")
+                                 f"{parts[0][2].get(key)!r}: parts of one benchmark must be timed alike (time them "
+                                 "again together: `snakemake --forcerun bench_decode_task`)")
         for task in tasks:
             if task in seen:
                 raise NarvlError(f"{path}: task '{task}' is also in {seen[task]}: each task in one part only")
@@ -380,9 +389,9 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     first = parts[0][2]
     result = {key: first[key] for key in first if key not in ("results", "models", "splits")}
     order = {device: i for i, device in enumerate(DEVICE_ORDER)}
-    rows = [(order.get(row["device"], len(order)), i, j, row)
+    rows = [(order.get(row["device"], len(order)), row["task"], i, j, row)
             for i, (_, _, part) in enumerate(parts) for j, row in enumerate(part["results"])]
-    result["results"] = [row for *_, row in sorted(rows, key=lambda r: r[:3])]
+    result["results"] = [row for *_, row in sorted(rows, key=lambda r: r[:4])]
     for key in ("models", "splits"):
         if any(key in part for _, _, part in parts):
             result[key] = {task: value for _, _, part in parts for task, value in part.get(key, {}).items()}

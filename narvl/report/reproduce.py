@@ -257,24 +257,29 @@ def _cpu_model() -> str:
 
 def run_info(log: Path) -> dict[str, Any]:
     """How long the Snakemake run took, from its log (.snakemake/log/<date>.snakemake.log): Snakemake's own
-    `Elapsed time` line (written when the run ends), the cores it was given and the jobs it finished."""
+    `Elapsed time` line (from setting the workflow up to the end; it leaves out Python's start-up), the cores it was
+    given and the jobs it ran. Only the log of a run that finished every job it started is accepted."""
     import re
 
     try:
         text = log.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise NarvlError(f"{log}: cannot read the Snakemake log: {e}") from e
-    elapsed = re.search(r"^Elapsed time: (\d+):(\d\d):(\d\d(?:\.\d+)?)$", text, re.MULTILINE)
-    if elapsed is None:
-        raise NarvlError(f"{log}: no 'Elapsed time' line: not the log of a finished Snakemake run")
     if re.search(r"^Nothing to be done", text, re.MULTILINE):
         raise NarvlError(f"{log}: Snakemake had nothing to do in this run: publish the log of the run that made "
                          "the results")
-    hours, minutes, seconds = elapsed.groups()
-    steps = re.findall(r"^(\d+) of (\d+) steps \(100%\) done$", text, re.MULTILINE)
-    cores = re.search(r"^Provided cores: (\d+)$", text, re.MULTILINE)
-    return {"log": log.name, "elapsed_s": round(int(hours) * 3600 + int(minutes) * 60 + float(seconds), 1),
-            "jobs": int(steps[-1][0]) if steps else None, "cores": int(cores.group(1)) if cores else None}
+    if re.search(r"^Error in rule ", text, re.MULTILINE):
+        raise NarvlError(f"{log}: a job of this run failed ('Error in rule'): publish the log of a run that finished")
+    done = re.findall(r"^(\d+) of (\d+) steps \(100%\) done$", text, re.MULTILINE)
+    elapsed = re.search(r"^Elapsed time: (?:(\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$", text, re.MULTILINE)
+    if elapsed is None or not done:
+        raise NarvlError(f"{log}: no 'N of N steps (100%) done' and 'Elapsed time' lines: not the log of a Snakemake "
+                         "run that finished")
+    days, hours, minutes, seconds = elapsed.groups()
+    cores = re.search(r"^Provided cores: (\d+)", text, re.MULTILINE)
+    return {"log": log.name,
+            "elapsed_s": round(int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds), 1),
+            "jobs": int(done[-1][0]), "cores": int(cores.group(1)) if cores else None}
 
 
 def machine_info(commands: list[str], bench_environment: dict[str, Any],

@@ -272,9 +272,9 @@ def model_file(task, model):
 # Job order under `--cores N` (Snakemake's `priority`, higher first; the results are the same in any order): the
 # exports that unblock decoding, then the decoding benchmark (one job per task), then the pretrainings and every
 # training of the KD tasks (the teachers, distillation, the students, the plain NAR models), then the other tasks'
-# trainings, then decoding and scoring. On 2 cores a training takes both, so the trainings run back to back, task by
-# task, and each task's benchmark and decodes run beside each other as soon as its models exist, while the next
-# task trains (docs/workflow.md).
+# trainings, then decoding and scoring. On 2 cores a training takes both, so the trainings run back to back, the KD
+# tasks' first, and each task's benchmark and decodes run beside each other as soon as its models exist, while the
+# next training waits (docs/workflow.md).
 PRIORITY = {"export": 40, "bench": 30, "kd": 20, "train": 10}
 
 

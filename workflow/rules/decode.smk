@@ -64,7 +64,7 @@ rule bench_decode_task:
     exist instead of every task's at the end of the run."""
     input:
         params=ancient_params("decode", "model", "data", "pipeline"),
-        code=sources("narvl.decode.bench", *TASK_MODULES),
+        code=task_sources("narvl.decode.bench"),
         models=lambda w: task_model_files(w.task),
         shards=f"{SHARDS}/{{task}}",
         tokenizer=TOKENIZER,
