@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from narvl.cli import main as cli_main
-from narvl.report import readme, reproduce
+from narvl.report import readme, runlog
 from tests.test_report import README_TEXT, make_bench, make_metrics
 
 ROOT = Path(__file__).parents[1]
@@ -242,7 +242,7 @@ def test_publish_with_the_run_log_records_and_shows_how_long_the_run_took(run_an
     long = tmp_path / "long.log"
     long.write_text("Provided cores: 1 (use --cores to define parallelism)\n7 of 7 steps (100%) done\n"
                     "Elapsed time: 1 day, 2:03:04.5\n")
-    assert reproduce.run_info(long) == {"log": "long.log", "elapsed_s": 93784.5, "jobs": 7, "cores": 1}
+    assert runlog.run_info(long) == {"log": "long.log", "elapsed_s": 93784.5, "jobs": 7, "cores": 1}
     assert cli_main(["report", "--publish", str(dest), "--readme", str(readme_path), "--run-log", str(log)]) == 2
     assert "--run-log goes with --publish DIR --metrics --bench" in capsys.readouterr().err
 

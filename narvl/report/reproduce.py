@@ -37,6 +37,7 @@ from typing import Any
 from narvl.errors import NarvlError
 from narvl.io import atomic_path, read_json, write_json, write_text
 from narvl.report import inputs, tables
+from narvl.report.runlog import run_info
 
 MACHINE = "machine.json"
 PUBLISHER = "narvl report --publish"  # machine.json's "written_by": a folder narvl may replace
@@ -253,33 +254,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def run_info(log: Path) -> dict[str, Any]:
-    """How long the Snakemake run took, from its log (.snakemake/log/<date>.snakemake.log): Snakemake's own
-    `Elapsed time` line (from setting the workflow up to the end; it leaves out Python's start-up), the cores it was
-    given and the jobs it ran. Only the log of a run that finished every job it started is accepted."""
-    import re
-
-    try:
-        text = log.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise NarvlError(f"{log}: cannot read the Snakemake log: {e}") from e
-    if re.search(r"^Nothing to be done", text, re.MULTILINE):
-        raise NarvlError(f"{log}: Snakemake had nothing to do in this run: publish the log of the run that made "
-                         "the results")
-    if re.search(r"^Error in rule ", text, re.MULTILINE):
-        raise NarvlError(f"{log}: a job of this run failed ('Error in rule'): publish the log of a run that finished")
-    done = re.findall(r"^(\d+) of (\d+) steps \(100%\) done$", text, re.MULTILINE)
-    elapsed = re.search(r"^Elapsed time: (?:(\d+) days?, )?(\d+):(\d\d):(\d\d(?:\.\d+)?)$", text, re.MULTILINE)
-    if elapsed is None or not done:
-        raise NarvlError(f"{log}: no 'N of N steps (100%) done' and 'Elapsed time' lines: not the log of a Snakemake "
-                         "run that finished")
-    days, hours, minutes, seconds = elapsed.groups()
-    cores = re.search(r"^Provided cores: (\d+)", text, re.MULTILINE)
-    return {"log": log.name,
-            "elapsed_s": round(int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds), 1),
-            "jobs": int(done[-1][0]), "cores": int(cores.group(1)) if cores else None}
 
 
 def machine_info(commands: list[str], bench_environment: dict[str, Any],
