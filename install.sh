@@ -6,6 +6,7 @@
 #   bash install.sh            # then: .venv/bin/snakemake --cores all   or   .venv/bin/python -m pytest
 #
 # Environment: PYTHON (default python3.11, else python3) picks the interpreter; it must be Python 3.11.
+# NARVL_INSTALL_MIN_FREE_GB (default 8): free space required where .venv goes and in $TMPDIR before installing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -29,6 +30,18 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/python ]
     log ".venv is up to date"
     exit 0
 fi
+
+# The pinned environment takes about 6 GB in .venv (torch's CUDA build), and pip unpacks each wheel in the temporary
+# folder first: refuse early, with the figures, rather than fail half-way with "No space left on device".
+need_gb=${NARVL_INSTALL_MIN_FREE_GB:-8}
+free_gb() { df -Pk "$1" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
+for dir in . "${TMPDIR:-/tmp}"; do
+    have=$(free_gb "$dir")
+    if [ "$have" -lt "$need_gb" ]; then
+        echo "install.sh: only $have GB free on the file system of $(cd "$dir" && pwd) ($(df -Pk "$dir" | awk 'NR == 2 { print $6 }')); installing needs about $need_gb GB there (.venv takes about 6 GB, pip unpacks wheels in \$TMPDIR). Free some space, or point TMPDIR elsewhere; NARVL_INSTALL_MIN_FREE_GB=N changes the threshold" >&2
+        exit 1
+    fi
+done
 
 start=$(date +%s)
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
