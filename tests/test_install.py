@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -11,15 +12,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_install_refuses_a_full_disk_before_creating_the_venv(tmp_path):
+def run_install(folder: Path, min_free_gb: str) -> subprocess.CompletedProcess:
+    """install.sh copied into `folder` with its pinned files, run with NARVL_INSTALL_MIN_FREE_GB=min_free_gb."""
     for name in ("install.sh", "requirements.txt", "requirements.lock", "pyproject.toml"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    env = {**os.environ, "PYTHON": sys.executable, "NARVL_INSTALL_MIN_FREE_GB": "1000000000"}
-    if shutil.which("java") is None:  # install.sh would install Java first; this test is about the disk check
-        env["PATH"] = f"{tmp_path}:{env['PATH']}"
-        (tmp_path / "java").write_text("#!/bin/sh\n")
-        (tmp_path / "java").chmod(0o755)
-    done = subprocess.run(["bash", "install.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        shutil.copy(ROOT / name, folder / name)
+    env = {**os.environ, "PYTHON": sys.executable, "NARVL_INSTALL_MIN_FREE_GB": min_free_gb}
+    if shutil.which("java") is None:  # install.sh would install Java first; these tests are about what comes after
+        (folder / "java").write_text("#!/bin/sh\n")
+        (folder / "java").chmod(0o755)
+        env["PATH"] = f"{folder}:{env['PATH']}"
+    return subprocess.run(["bash", "install.sh"], cwd=folder, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_install_refuses_a_full_disk_before_creating_the_venv(tmp_path):
+    done = run_install(tmp_path, "1000000000")
     assert done.returncode == 1, done.stderr
     assert "GB free on the file system of" in done.stderr
     assert "installing needs about 1000000000 GB" in done.stderr
@@ -29,19 +36,11 @@ def test_install_refuses_a_full_disk_before_creating_the_venv(tmp_path):
 
 def test_install_checks_the_disk_only_when_it_installs(tmp_path):
     """An up-to-date .venv needs no free space: the stamp check comes first."""
-    for name in ("install.sh", "requirements.txt", "requirements.lock", "pyproject.toml"):
-        shutil.copy(ROOT / name, tmp_path / name)
     venv = tmp_path / ".venv" / "bin"
     venv.mkdir(parents=True)
     (venv / "python").symlink_to(sys.executable)
-    want = subprocess.run("cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -c1-16",
-                          shell=True, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
-    (tmp_path / ".venv" / ".narvl-install-stamp").write_text(want + "\n")
-    env = {**os.environ, "PYTHON": sys.executable, "NARVL_INSTALL_MIN_FREE_GB": "1000000000"}
-    if shutil.which("java") is None:
-        env["PATH"] = f"{tmp_path}:{env['PATH']}"
-        (tmp_path / "java").write_text("#!/bin/sh\n")
-        (tmp_path / "java").chmod(0o755)
-    done = subprocess.run(["bash", "install.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    pinned = b"".join((ROOT / name).read_bytes() for name in ("requirements.txt", "requirements.lock", "pyproject.toml"))
+    (tmp_path / ".venv" / ".narvl-install-stamp").write_text(hashlib.sha256(pinned).hexdigest()[:16] + "\n")
+    done = run_install(tmp_path, "1000000000")
     assert done.returncode == 0, done.stderr
     assert ".venv is up to date" in done.stdout
