@@ -36,6 +36,7 @@ fi
 need_gb=${NARVL_INSTALL_MIN_FREE_GB:-8}
 free_gb() { df -Pk "$1" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
 for dir in . "${TMPDIR:-/tmp}"; do
+    [ -d "$dir" ] || continue  # (a TMPDIR that does not exist: pip says so itself)
     have=$(free_gb "$dir")
     if [ "$have" -lt "$need_gb" ]; then
         echo "install.sh: only $have GB free on the file system of $(cd "$dir" && pwd) ($(df -Pk "$dir" | awk 'NR == 2 { print $6 }')); installing needs about $need_gb GB there (.venv takes about 6 GB, pip unpacks wheels in \$TMPDIR). Free some space, or point TMPDIR elsewhere; NARVL_INSTALL_MIN_FREE_GB=N changes the threshold" >&2
