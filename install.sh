@@ -34,12 +34,14 @@ fi
 # The pinned environment takes about 6 GB in .venv (torch's CUDA build), and pip unpacks each wheel in the temporary
 # folder first: refuse early, with the figures, rather than fail half-way with "No space left on device".
 need_gb=${NARVL_INSTALL_MIN_FREE_GB:-8}
-free_gb() { df -Pk "$1" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
+case "$need_gb" in
+    ''|*[!0-9]*) echo "install.sh: NARVL_INSTALL_MIN_FREE_GB=$need_gb: expected a whole number of GB" >&2; exit 1 ;;
+esac
 for dir in . "${TMPDIR:-/tmp}"; do
     [ -d "$dir" ] || continue  # (a TMPDIR that does not exist: pip says so itself)
-    have=$(free_gb "$dir")
+    read -r have mount < <(df -Pk "$dir" | awk 'NR == 2 { printf "%d %s\n", $4 / 1048576, $6 }')
     if [ "$have" -lt "$need_gb" ]; then
-        echo "install.sh: only $have GB free on the file system of $(cd "$dir" && pwd) ($(df -Pk "$dir" | awk 'NR == 2 { print $6 }')); installing needs about $need_gb GB there (.venv takes about 6 GB, pip unpacks wheels in \$TMPDIR). Free some space, or point TMPDIR elsewhere; NARVL_INSTALL_MIN_FREE_GB=N changes the threshold" >&2
+        echo "install.sh: only $have GB free on the file system of $(cd "$dir" && pwd) ($mount); installing needs about $need_gb GB there (.venv takes about 6 GB, pip unpacks wheels in \$TMPDIR). Free some space, or point TMPDIR elsewhere; NARVL_INSTALL_MIN_FREE_GB=N changes the threshold" >&2
         exit 1
     fi
 done

@@ -34,6 +34,13 @@ def test_install_refuses_a_full_disk_before_creating_the_venv(tmp_path):
     assert not (tmp_path / ".venv").exists()  # nothing was created
 
 
+def test_install_refuses_a_threshold_that_is_not_a_number(tmp_path):
+    done = run_install(tmp_path, "8GB")
+    assert done.returncode == 1, done.stderr
+    assert "NARVL_INSTALL_MIN_FREE_GB=8GB: expected a whole number of GB" in done.stderr
+    assert not (tmp_path / ".venv").exists()
+
+
 def test_install_checks_the_disk_only_when_it_installs(tmp_path):
     """An up-to-date .venv needs no free space: the stamp check comes first."""
     venv = tmp_path / ".venv" / "bin"
