@@ -174,10 +174,10 @@ class ModelParams:
 # -------------------------------------------------------------------------------------------------------- train
 @dataclass(frozen=True)
 class ResnetPretrainParams:
-    """`narvl pretrain-resnet`: ImageNet in miniature for the embedded default (the ResNet names the shape and the
-    colour of one rendered object; narvl/train/pretrain_resnet.py)."""
+    """`narvl pretrain-resnet`: ImageNet in miniature for the embedded default (the ResNet names the shape, colour
+    and size of the object in each cell of its output grid; narvl/train/pretrain_resnet.py)."""
 
-    scenes: int  # training scenes of one object each (rendered with data.synth's renderer and radii)
+    scenes: int  # training scenes (rendered as data.synth draws them)
     test_scenes: int  # held-out scenes for the reported accuracies
     steps: int
     batch: int
@@ -207,6 +207,9 @@ class TrainParams:
     # OFA's resnet_model_path: a ResNet state dict (torchvision's names, e.g. ImageNet weights; layer4 and fc ignored,
     # or `narvl pretrain-resnet`'s file) loaded into the encoder's ResNet before train.init; null: none
     init_resnet: str | None
+    # what of the encoder's ResNet stays fixed while training: none; batchnorm (OFA's --freeze-resnet: BatchNorm
+    # statistics and affine weights); all (every ResNet weight and statistic, e.g. a pretrained feature extractor)
+    freeze_resnet: Literal["none", "batchnorm", "all"]
     resnet_pretrain: ResnetPretrainParams  # `narvl pretrain-resnet` (pipeline.pretrain_resnet)
     pretrain: PretrainParams  # `narvl train --task pretrain` (pipeline.pretrain)
     # per task, train.* fields that differ from the values below (e.g. NARVL's per-task lr and batch)

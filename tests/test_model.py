@@ -348,3 +348,35 @@ def test_resnet_computes_what_torchvision_computes():
     # and building or running a model never imports torchvision (1.5 s per process)
     code = "import sys, narvl.model, narvl.decode.run, narvl.train.export; assert 'torchvision' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.parametrize("what", ["batchnorm", "all"])
+def test_frozen_resnet_keeps_what_it_froze(what):
+    """train.freeze_resnet: "batchnorm" (OFA's --freeze-resnet) fixes every BatchNorm's statistics and affine
+    weights, "all" the whole ResNet; BatchNorm stays in eval mode through model.train(), and an optimizer step
+    moves only what is not frozen."""
+    torch.manual_seed(0)
+    resnet = ResNet([1, 1, 1], 4)
+    resnet.freeze(what)
+    resnet.train()
+    before = {k: v.clone() for k, v in resnet.state_dict().items()}
+    trainable = [p for p in resnet.parameters() if p.requires_grad]
+    assert bool(trainable) == (what == "batchnorm")
+    if trainable:
+        opt = torch.optim.SGD(trainable, lr=0.1)
+        resnet(torch.randn(4, 3, 32, 32)).square().mean().backward()
+        opt.step()
+    else:  # nothing to train: no autograd graph through the ResNet at all
+        assert not resnet(torch.randn(4, 3, 32, 32)).requires_grad
+    for key, value in resnet.state_dict().items():
+        is_bn = key.startswith("bn1.") or ".bn" in key or "downsample.1." in key
+        if what == "all" or is_bn:
+            assert torch.equal(value, before[key]), key
+        elif key.endswith("weight"):
+            assert not torch.equal(value, before[key]), key
+    assert all(not m.training for m in resnet.modules() if isinstance(m, nn.BatchNorm2d))
+    resnet.freeze("none")
+    assert all(p.requires_grad for p in resnet.parameters()) and resnet.training
+    assert all(m.training for m in resnet.modules())
+    with pytest.raises(ValueError, match="none, batchnorm or all"):
+        resnet.freeze("resnet")

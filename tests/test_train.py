@@ -361,21 +361,21 @@ def test_train_init_starts_a_nar_run_from_an_ar_model_file(tiny, ar_zero2_bf16):
 def test_pretrain_resnet_starts_every_training_s_resnet(tiny):
     """`narvl pretrain-resnet` (ImageNet in miniature) writes the same bytes twice; `narvl train --init-resnet` starts
     the encoder's ResNet from it (one step at a vanishing learning rate leaves the weights in place) and records the
-    file in the run's identity."""
+    file in the run's identity; with train.freeze_resnet: all the ResNet stays exactly as loaded."""
     from narvl.train.init import resnet_state
 
     params = T.make_params(ROOT / "params", tiny["dir"] / "params-resnet", steps={"caption": 1, "vqa": 1,
                                                                                    "grounding": 1},
-                           lr=1.0e-12, warmup_steps=0,
+                           lr=1.0e-12, warmup_steps=0, freeze_resnet="none",
                            resnet_pretrain={"scenes": 64, "test_scenes": 16, "steps": 3, "batch": 8, "lr": 1.0e-3})
     files = [tiny["dir"] / f"resnet{i}" / "resnet.pt" for i in (1, 2)]
     for path in files:
         proc = run_narvl("pretrain-resnet", "--params", str(params), "--out", str(path))
-        assert "held-out accuracy shape" in proc.stdout
+        assert "held-out accuracy per object cell: shape" in proc.stdout
     assert files[0].read_bytes() == files[1].read_bytes()
     blob = torch.load(files[0], weights_only=True)
-    assert blob["format"] == "narvl-resnet-v1" and blob["steps"] == 3 and set(blob["test_accuracy"]) == {"shape",
-                                                                                                        "colour"}
+    assert blob["format"] == "narvl-resnet-v1" and blob["steps"] == 3
+    assert set(blob["test_accuracy"]) == {"shape", "colour", "size", "background"}
     out = tiny["dir"] / "caption-ar-resnet"
     proc = run_narvl(*train_args(tiny, out, kind="ar", params=params), "--init-resnet", str(files[0]))
     assert "ResNet weights from" in proc.stderr
@@ -388,6 +388,22 @@ def test_pretrain_resnet_starts_every_training_s_resnet(tiny):
     plain = json.loads((tiny["dir"] / "caption-nar" / "checkpoints" / "run.json").read_text()) \
         if (tiny["dir"] / "caption-nar" / "checkpoints" / "run.json").is_file() else None
     assert plain is None or "init_resnet" not in plain["identity"]  # runs without it keep their identity
+    assert "freeze_resnet" not in identity
+
+    # train.freeze_resnet: all (the default's): a real step trains the rest, and leaves every ResNet tensor, BatchNorm
+    # statistics included, as the file has it; the setting joins the run identity
+    frozen = T.make_params(ROOT / "params", tiny["dir"] / "params-frozen", steps={"caption": 1, "vqa": 1,
+                                                                                   "grounding": 1},
+                           warmup_steps=0, freeze_resnet="all")
+    out = tiny["dir"] / "caption-ar-frozen"
+    proc = run_narvl(*train_args(tiny, out, kind="ar", params=frozen), "--init-resnet", str(files[0]))
+    assert "ResNet frozen (train.freeze_resnet: all)" in proc.stderr
+    state, start = module_state(out / "checkpoints" / ck.tag_for(1)), resnet_state(files[0])
+    for key, value in start.items():
+        assert torch.equal(state[f"encoder.embed_images.{key}"], value), key
+    assert not torch.equal(state["encoder.image_proj.weight"], module_state(
+        tiny["dir"] / "caption-ar-resnet" / "checkpoints" / ck.tag_for(1))["encoder.image_proj.weight"])
+    assert json.loads((out / "checkpoints" / "run.json").read_text())["identity"]["freeze_resnet"] == "all"
 
 
 def test_multi_task_pretraining_starts_a_nar_fine_tune(tiny):

@@ -507,3 +507,29 @@ def test_tasks_is_refused_outside_the_multi_task_stage(inputs, capsys, tmp_path)
     code, err, _ = train_cli(inputs, capsys, tasks="caption", out=tmp_path / "run")
     assert code == 2 and "--tasks is for --task pretrain only (this run trains caption alone)" in err
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------- narvl pretrain-resnet
+def test_resnet_pretraining_labels_each_cell_with_the_object_covering_it():
+    """`narvl pretrain-resnet`'s targets: per 16-px cell of the stride-16 grid, the shape, colour and size of the
+    object covering most of it (at least 8% of the cell), background (0) elsewhere."""
+    import torch
+
+    from narvl.synth import scene as S
+    from narvl.train.pretrain_resnet import cell_labels
+
+    # a 20x20 square filling cell (row 1, col 1) and 2 px into each neighbour: a 16x2 strip of an edge neighbour is
+    # 12.5% of it (labelled), a 2x2 corner 1.6% (not); a triangle mostly in cell (0, 2), 1 px into the row below
+    square = S.Obj("square", "red", "large", (14.0, 14.0, 34.0, 14.0, 34.0, 34.0, 14.0, 34.0), (200, 0, 0))
+    triangle = S.Obj("triangle", "blue", "small", (40.0, 2.0, 46.0, 17.0, 34.0, 17.0), (0, 0, 200))
+    scene = S.Scene(48, "grey", (128, 128, 128), (square, triangle))
+    shape, colour, size = cell_labels(scene, 3, 3, 4)
+    colours = sorted(S.COLOURS)
+    want = torch.zeros(3, 3, dtype=torch.long)
+    for r, c in ((1, 1), (0, 1), (1, 0), (1, 2), (2, 1)):
+        want[r, c] = 1 + S.SHAPES.index("square")
+    want[0, 2] = 1 + S.SHAPES.index("triangle")
+    assert torch.equal(torch.from_numpy(shape), want)
+    assert colour[1, 1] == 1 + colours.index("red") and colour[0, 2] == 1 + colours.index("blue")
+    assert size[1, 1] == 1 + S.SIZES.index("large") and size[0, 2] == 1 + S.SIZES.index("small")
+    assert shape[0, 0] == shape[2, 0] == shape[2, 2] == 0 and colour[2, 2] == size[2, 2] == 0

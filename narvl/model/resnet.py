@@ -60,9 +60,33 @@ class ResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.out_channels = inplanes  # 16 * width
         self.channels_last = False  # set by narvl.model.inference.prepare: inputs converted to that layout
+        self.frozen = "none"  # set by freeze (train.freeze_resnet)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def freeze(self, what: str) -> None:
+        """Fix part of the ResNet for training (train.freeze_resnet). "batchnorm": OFA's --freeze-resnet, its
+        FrozenBatchNorm2d: every BatchNorm's statistics and affine weights stay as loaded, the convolutions train.
+        "all": nothing in the ResNet trains. "none": all of it trains. BatchNorm layers of a frozen ResNet stay in
+        eval mode whatever `train()` is called with; their parameters stop requiring gradients, so the optimizer
+        (which takes only parameters that do) leaves them alone."""
+        if what not in ("none", "batchnorm", "all"):
+            raise ValueError(f"freeze: expected none, batchnorm or all, got {what!r}")
+        self.frozen = what
+        for m in self.modules():
+            if what != "batchnorm" or isinstance(m, nn.BatchNorm2d):
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(what == "none")
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ResNet:
+        super().train(mode)
+        if self.frozen != "none":
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.train(False)
+        return self
 
     def forward(self, images: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, 16 width, H/16, W/16)
         if self.channels_last:

@@ -255,6 +255,8 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     identity = {**model_identity.to_dict(), "tokenizer_sha256": tok_sha, "init": init}
     if init_resnet is not None:  # (absent otherwise: runs without it keep their identity)
         identity["init_resnet"] = init_resnet
+    if train.freeze_resnet != "none":  # a frozen ResNet has other optimizer groups: its checkpoints are another run's
+        identity["freeze_resnet"] = train.freeze_resnet
     run_info = {"format": "narvl-run-v1", "identity": identity, "identity_hash": ck.identity_hash(identity),
                 "zero_stage": train.zero_stage, "world_size": world_size, "precision": train.precision,
                 "tokenizer": {"path": str(tok_path), "sha256": tok_sha}}
@@ -456,6 +458,9 @@ class Trainer:
             from narvl.train.init import load_init
 
             log.info("initial weights from %s", load_init(train.init, self.model, s.tokenizer, train.init_bpe_dir))
+        if train.freeze_resnet != "none":  # after the starting weights: what stays fixed is what was loaded
+            self.model.encoder.embed_images.freeze(train.freeze_resnet)
+            log.info("ResNet frozen (train.freeze_resnet: %s)", train.freeze_resnet)
         self.engine, _, _, self.group_names, self.ds_config = build_engine(self.model, train, s.total_steps)
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
         # region samples have text targets: the plain AR objective, none of grounding's box options
