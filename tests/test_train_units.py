@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from narvl.cli import main as cli_main
 from narvl.errors import NarvlError
@@ -439,12 +440,24 @@ def test_init_resnet_takes_torchvision_weights_and_refuses_what_does_not_fit(tmp
 
 
 def test_pretrain_resnet_refuses_bad_values_naming_the_file(tmp_path, capsys):
-    """`narvl pretrain-resnet` with train.resnet_pretrain.steps 0: a NarvlError naming train.yaml, nothing written."""
+    """`narvl pretrain-resnet` with train.resnet_pretrain.steps 0, or scenes that are not whole 16-pixel cells: a
+    NarvlError naming train.yaml or data.yaml, nothing written."""
     params = T.make_params(ROOT / "params", tmp_path / "params",
                            resnet_pretrain={"scenes": 8, "test_scenes": 4, "steps": 0, "batch": 4, "lr": 1.0e-3})
     out = tmp_path / "out" / "resnet.pt"
     assert cli_main(["pretrain-resnet", "--params", str(params), "--out", str(out)]) == 2
     assert re.search(r"params/train.yaml: train.resnet_pretrain: .* at least 1", capsys.readouterr().err)
+    assert not out.exists()
+
+    # the per-cell targets need scenes of whole 16-pixel cells
+    T.edit_yaml(params / "train.yaml", resnet_pretrain={"scenes": 8, "test_scenes": 4, "steps": 1, "batch": 4,
+                                                        "lr": 1.0e-3})
+    data = yaml.safe_load((params / "data.yaml").read_text())
+    data["data"]["synth"]["image_size"] = 100
+    (params / "data.yaml").write_text(yaml.safe_dump(data))
+    assert cli_main(["pretrain-resnet", "--params", str(params), "--out", str(out)]) == 2
+    assert re.search(r"params/data.yaml: data.synth.image_size 100: .* a multiple of 16 pixels",
+                     capsys.readouterr().err)
     assert not out.exists()
 
 

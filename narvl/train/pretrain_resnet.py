@@ -71,7 +71,7 @@ def cell_labels(scene, rows: int, cols: int, supersample: int):
     return out
 
 
-def render_scenes(synth, count: int, seed: str):
+def render_scenes(synth, count: int, seed: str, where: str = "data params"):
     """(images float32 (n, 3, S, S) ImageNet-normalised, labels int64 (n, 3, S/16, S/16): shape, colour and size
     per cell, see cell_labels) of `count` scenes drawn by the default's renderer with data.synth's values."""
     import numpy as np
@@ -82,8 +82,8 @@ def render_scenes(synth, count: int, seed: str):
     from narvl.synth import scene as synth_scene
 
     if synth.image_size % CELL:
-        raise NarvlError(f"data.synth.image_size {synth.image_size}: `narvl pretrain-resnet` labels the ResNet's "
-                         f"{CELL}-pixel cells, so the scenes must be a multiple of {CELL} pixels")
+        raise NarvlError(f"{where}: data.synth.image_size {synth.image_size}: `narvl pretrain-resnet` labels the "
+                         f"ResNet's {CELL}-pixel cells, so the scenes must be a multiple of {CELL} pixels")
     rng = random.Random(seed)
     side = synth.image_size // CELL
     images, labels = [], []
@@ -99,7 +99,8 @@ def render_scenes(synth, count: int, seed: str):
     return x.float(), torch.from_numpy(np.stack(labels))
 
 
-def pretrain(synth, arch, rp, seed: int, progress: bool = True, where: str = "train params") -> dict:
+def pretrain(synth, arch, rp, seed: int, progress: bool = True, where: str = "train params",
+             data_where: str = "data params") -> dict:
     """Train the ResNet of `arch` (model params) on rendered scenes, cell by cell; -> the file's content."""
     import torch
     import torch.nn.functional as F
@@ -113,7 +114,7 @@ def pretrain(synth, arch, rp, seed: int, progress: bool = True, where: str = "tr
         raise NarvlError(f"{where}: train.resnet_pretrain: scenes, test_scenes, steps and batch must be at least 1 "
                          f"and lr positive, got {rp}")
     torch.set_num_threads(1)
-    x, y = render_scenes(synth, rp.scenes + rp.test_scenes, f"{synth.seed}-resnet-pretrain")
+    x, y = render_scenes(synth, rp.scenes + rp.test_scenes, f"{synth.seed}-resnet-pretrain", data_where)
     torch.manual_seed(seed)
     resnet = ResNet(arch.resnet_layers, arch.resnet_width)
     heads = nn.ModuleList(nn.Conv2d(resnet.out_channels, 1 + n, 1)
@@ -151,7 +152,8 @@ def main(args: argparse.Namespace) -> int:
     arch = P.load_stage(args.params, "model").arch()
     synth = P.load_stage(args.params, "data").synth
     check_output(args.out, is_dir=False, inputs=[args.params])
-    blob = pretrain(synth, arch, train.resnet_pretrain, train.seed, where=str(args.params / "train.yaml"))
+    blob = pretrain(synth, arch, train.resnet_pretrain, train.seed, where=str(args.params / "train.yaml"),
+                    data_where=str(args.params / "data.yaml"))
     buf = io.BytesIO()
     torch.save(blob, buf)
     write_bytes(args.out, buf.getvalue())
