@@ -381,3 +381,35 @@ def test_frozen_resnet_keeps_what_it_froze(what):
     assert all(m.training for m in resnet.modules())
     with pytest.raises(ValueError, match="none, batchnorm or all"):
         resnet.freeze("resnet")
+
+
+def test_frozen_resnet_feature_cache():
+    """train.frozen_feature_cache_mb: a ResNet frozen "all" computes each image's features once, alone (a batch of
+    one), and serves them by content afterwards: the same features whatever batch an image comes in, equal to the
+    uncached ResNet's on that image alone; the budget caps what is kept; a ResNet that trains refuses the cache."""
+    torch.manual_seed(0)
+    resnet = ResNet([1, 1, 1], 4)
+    resnet.freeze("all")
+    images = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        alone = torch.cat([resnet(images[i:i + 1]) for i in range(5)])
+    resnet.cache_features(2 ** 20)
+    first = resnet(images[:3])
+    assert torch.equal(first, alone[:3]) and len(resnet._cache) == 3
+    calls = []
+    hook = resnet.conv1.register_forward_hook(lambda *_: calls.append(1))
+    again = resnet(torch.stack([images[4], images[1], images[0], images[2]]))  # one new image, three cached
+    hook.remove()
+    assert len(calls) == 1 and torch.equal(again, alone[[4, 1, 0, 2]])
+    assert not again.requires_grad
+    # the same pixels in another shape or dtype are another image
+    resnet(images[:1].reshape(1, 3, 16, 64))
+    assert len(resnet._cache) == 5
+    # the budget: room for two images' features, the third is computed but not kept
+    per_image = alone[0].numel() * alone[0].element_size()
+    resnet.cache_features(2 * per_image)
+    assert torch.equal(resnet(images[:3]), alone[:3]) and len(resnet._cache) == 2
+    resnet.freeze("batchnorm")  # trainable again: the cache goes
+    assert resnet._cache is None
+    with pytest.raises(ValueError, match="frozen 'all'"):
+        resnet.cache_features(2 ** 20)

@@ -127,7 +127,7 @@ def test_vqa_files_are_consistent(raw, subtype):
     images = {im["cocoid"] for im in load_json(raw / "captions" / "dataset_coco.json")["images"]
               if im["filepath"] == subtype}
     questions = {q["question_id"]: q for q in qdoc["questions"]}
-    assert len(questions) == len(qdoc["questions"]) == 3 * len(images)
+    assert len(questions) == len(qdoc["questions"]) == default_params().questions_per_image * len(images)
     assert {a["question_id"] for a in adoc["annotations"]} == set(questions)
     for a in adoc["annotations"]:
         assert set(a) == {"question_type", "multiple_choice_answer", "answers", "image_id", "answer_type",
@@ -452,7 +452,8 @@ def test_default_language_is_right_throughout(default_repo):
     forms = check_referring_expressions(raw)
     assert sum(forms.values()) > 4000
     kinds = check_vqa_answers(raw)
-    assert set(kinds) == {"colour", "shape", "count", "exists", "relation"} and sum(kinds.values()) == 3 * default_params().train_images
+    assert set(kinds) == {"colour", "shape", "count", "exists", "relation"} and sum(kinds.values()) == (
+        default_params().questions_per_image * default_params().train_images)
 
 
 def text_only_baseline(raw_dir: Path) -> dict:
@@ -476,7 +477,7 @@ def text_only_baseline(raw_dir: Path) -> dict:
 @pytest.mark.slow
 def test_text_only_baseline_is_low_on_the_default(default_repo):
     result = text_only_baseline(default_repo / "data" / "raw")
-    assert result["questions"] == 3 * (40 + 100 + 100)  # val2014: restval, val and test images
+    assert result["questions"] == default_params().questions_per_image * (40 + 100 + 100)  # val2014: restval, val, test
     # per-question-type majority answers: far below what a model that looks at the scene can reach
     assert 0.25 < result["accuracy"] < 0.45
     assert result["per_answer_type"]["other"] < 0.3 and result["per_answer_type"]["number"] < 0.4
@@ -677,9 +678,10 @@ def test_the_shard_readers_take_every_file_without_skipping(raw, tmp_path):
     sentences = Counter()
     for r in refs:
         sentences[r["split"]] += len(r["sentences"])
+    per_image = default_params().questions_per_image
     expected = {
         "caption": {"train": (14 + 2) * 5, "val": 3, "test": 4},  # evaluation: one sample per image
-        "vqa": {"train": 14 * 3, "val": (2 + 3 + 4) * 3},
+        "vqa": {"train": 14 * per_image, "val": (2 + 3 + 4) * per_image},
         "grounding": dict(sentences),
     }
     for task, args in runs.items():

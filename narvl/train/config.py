@@ -63,8 +63,9 @@ def check_train_params(train: TrainParams, task: str | None, world_size: int, cu
     for key in ("checkpoint_every", "log_every", "keep_checkpoints", "val_batches"):
         if getattr(train, key) < 1:
             raise NarvlError(f"{where}: train.{key} = {getattr(train, key)} must be at least 1")
-    if train.val_every < 0 or train.warmup_steps < 0:
-        raise NarvlError(f"{where}: train.val_every and train.warmup_steps must not be negative")
+    if train.val_every < 0 or train.warmup_steps < 0 or train.frozen_feature_cache_mb < 0:
+        raise NarvlError(f"{where}: train.val_every, train.warmup_steps and train.frozen_feature_cache_mb must not be "
+                         "negative")
     if not 0.0 <= train.min_lr_ratio <= 1.0:
         raise NarvlError(f"{where}: train.min_lr_ratio = {train.min_lr_ratio} must lie in [0, 1]")
     if train.lr <= 0:

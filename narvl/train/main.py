@@ -461,6 +461,10 @@ class Trainer:
         if train.freeze_resnet != "none":  # after the starting weights: what stays fixed is what was loaded
             self.model.encoder.embed_images.freeze(train.freeze_resnet)
             log.info("ResNet frozen (train.freeze_resnet: %s)", train.freeze_resnet)
+            if train.freeze_resnet == "all" and train.frozen_feature_cache_mb:
+                self.model.encoder.embed_images.cache_features(train.frozen_feature_cache_mb * 2 ** 20)
+                log.info("frozen ResNet features cached per image, up to %d MiB (train.frozen_feature_cache_mb)",
+                         train.frozen_feature_cache_mb)
         self.engine, _, _, self.group_names, self.ds_config = build_engine(self.model, train, s.total_steps)
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
         # region samples have text targets: the plain AR objective, none of grounding's box options
