@@ -210,8 +210,8 @@ class TrainParams:
     # what of the encoder's ResNet stays fixed while training: none; batchnorm (OFA's --freeze-resnet: BatchNorm
     # statistics and affine weights); all (every ResNet weight and statistic, e.g. a pretrained feature extractor)
     freeze_resnet: Literal["none", "batchnorm", "all"]
-    # with freeze_resnet: all, each process keeps the features of the images it has seen (by content) up to this many
-    # MiB and skips the ResNet for them (0: off); results stay bit-identical from run to run and on resume
+    # with freeze_resnet: all on the CPU, each process keeps the features of the images it has seen (by content) up to
+    # this many MiB and skips the ResNet for them (0: off); results stay bit-identical from run to run and on resume
     frozen_feature_cache_mb: int
     resnet_pretrain: ResnetPretrainParams  # `narvl pretrain-resnet` (pipeline.pretrain_resnet)
     pretrain: PretrainParams  # `narvl train --task pretrain` (pipeline.pretrain)

@@ -404,6 +404,18 @@ def test_pretrain_resnet_starts_every_training_s_resnet(tiny):
     assert not torch.equal(state["encoder.image_proj.weight"], module_state(
         tiny["dir"] / "caption-ar-resnet" / "checkpoints" / ck.tag_for(1))["encoder.image_proj.weight"])
     assert json.loads((out / "checkpoints" / "run.json").read_text())["identity"]["freeze_resnet"] == "all"
+    # train.frozen_feature_cache_mb (the default's 1024): the frozen ResNet's features come from memory after an
+    # image's first batch; 0 turns it off (the ResNet runs on every batch, and stays as loaded all the same)
+    assert "frozen ResNet features cached per image, up to 1024 MiB" in proc.stderr
+    uncached = T.make_params(ROOT / "params", tiny["dir"] / "params-uncached", steps={"caption": 1, "vqa": 1,
+                                                                                       "grounding": 1},
+                             warmup_steps=0, freeze_resnet="all", frozen_feature_cache_mb=0)
+    out0 = tiny["dir"] / "caption-ar-uncached"
+    proc = run_narvl(*train_args(tiny, out0, kind="ar", params=uncached), "--init-resnet", str(files[0]))
+    assert "ResNet frozen (train.freeze_resnet: all)" in proc.stderr and "features cached" not in proc.stderr
+    state0 = module_state(out0 / "checkpoints" / ck.tag_for(1))
+    for key, value in start.items():
+        assert torch.equal(state0[f"encoder.embed_images.{key}"], value), key
 
 
 def test_multi_task_pretraining_starts_a_nar_fine_tune(tiny):

@@ -461,7 +461,8 @@ class Trainer:
         if train.freeze_resnet != "none":  # after the starting weights: what stays fixed is what was loaded
             self.model.encoder.embed_images.freeze(train.freeze_resnet)
             log.info("ResNet frozen (train.freeze_resnet: %s)", train.freeze_resnet)
-            if train.freeze_resnet == "all" and train.frozen_feature_cache_mb:
+            # on the CPU only: on a GPU the ResNet costs less than copying each image to the host to hash it
+            if train.freeze_resnet == "all" and train.frozen_feature_cache_mb and not self.cuda:
                 self.model.encoder.embed_images.cache_features(train.frozen_feature_cache_mb * 2 ** 20)
                 log.info("frozen ResNet features cached per image, up to %d MiB (train.frozen_feature_cache_mb)",
                          train.frozen_feature_cache_mb)
