@@ -162,6 +162,9 @@ def test_question_kinds_and_plain_attribute_phrases(tmp_path):
         synth.check(small_params(question_kinds=["colour", "size"]))
     with pytest.raises(NarvlError, match="question_phrases must be 'all' or 'attributes'"):
         synth.check(small_params(question_phrases="short"))
+    for bad in (0, 1000):  # question ids are image_id * 1000 + k: a thousand per image would collide
+        with pytest.raises(NarvlError, match=rf"questions_per_image must be in \[1, 999\] \(got {bad}\)"):
+            synth.check(small_params(questions_per_image=bad))
 
 
 def test_vqa_answers_sometimes_disagree(raw):
@@ -526,6 +529,14 @@ def test_cli_rejects_a_mistyped_key(tmp_path, capsys):
     path.write_text(path.read_text().replace("train_images:", "train_imgs:"))
     assert cli_main(["synth", "--params", str(folder), "--out", str(tmp_path / "raw")]) == 2
     assert "data.synth.train_imgs: unknown key (did you mean 'train_images'?)" in capsys.readouterr().err
+    assert not (tmp_path / "raw").exists()
+
+
+def test_cli_names_the_file_of_a_bad_value(tmp_path, capsys):
+    folder = write_params(tmp_path, small_params(questions_per_image=1000))
+    assert cli_main(["synth", "--params", str(folder), "--out", str(tmp_path / "raw")]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'data.yaml'}: data.synth: questions_per_image must be in [1, 999] (got 1000)" in err
     assert not (tmp_path / "raw").exists()
 
 

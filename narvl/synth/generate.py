@@ -104,6 +104,8 @@ def check(p: SynthParams) -> None:
                         f"{', '.join(map(str, p.question_kinds)) or 'none'})")
     if p.question_phrases not in ("all", "attributes"):
         problems.append(f"question_phrases must be 'all' or 'attributes' (got {p.question_phrases!r})")
+    if not 1 <= p.questions_per_image < 1000:  # VQA question ids are image_id * 1000 + k
+        problems.append(f"questions_per_image must be in [1, 999] (got {p.questions_per_image})")
     if not 1 <= p.jpeg_quality <= 95:
         problems.append("jpeg_quality must be in [1, 95]")
     if problems:
@@ -343,6 +345,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     p = params_mod.load_stage(args.params, "data").synth
+    try:
+        check(p)
+    except NarvlError as e:  # name the file the values came from
+        raise NarvlError(f"{Path(args.params) / 'data.yaml'}: {e}") from e
     counts = generate(p, args.out)
     log.info("wrote %s: %s", args.out, ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
