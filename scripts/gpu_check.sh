@@ -5,14 +5,15 @@
 #   bash scripts/gpu_check.sh --cpu-smoke [OUT_DIR]  # the same steps, tiny and on the CPU (tests/test_gpu_check.py)
 #
 #   1. the tests that use CUDA (`pytest -m cuda`: tests/test_cuda.py), junit XML and log;
-#   2. `narvl bench decode --preset base --device cuda` at batch 1, 32 and 128, in fp32 and in bf16 (smoke: preset cpu,
-#      VQA only, batch 1 and 2, one thread);
+#   2. `narvl bench decode --preset base --device cuda` at batch 1, 32 and 128, in fp32 and in bf16, at the paper's
+#      image sizes (params/real: 480 px, grounding 512) (smoke: preset cpu, the default's 96 px, VQA only, batch 1
+#      and 2, one thread);
 #   3. 50 steps of bf16 DeepSpeed training (one process, nccl) of the NAR caption model on the embedded default
 #      (smoke: 4 fp32 steps on the CPU, gloo, on a tiny default dataset), with its summary.json.
 #
 # OUT_DIR/gpu_check.json gathers the GPU's name, torch/CUDA versions, the pytest outcome, both benchmarks and the
 # training summary; the raw outputs lie beside it. The script works in a scratch folder (OUT_DIR/work) and touches
-# nothing else of the checkout (but Snakemake's .snakemake/ state). Run it from a checkout with `bash install.sh` done (it uses .venv/).
+# nothing else of the checkout. Run it from a checkout with `bash install.sh` done (it uses .venv/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +56,13 @@ def edit(stage, fn):
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 edit("decode", lambda d: d.update(bench_batch_sizes=[1, 2] if smoke else [1, 32, 128], bench_repeats=1 if smoke else 5))
+# the GPU's benchmark times OFA-base at the paper's image sizes (params/real: 480 px, grounding 512), as
+# docs/bench/preset-base-cpu-480px.json does on the CPU; the smoke times the default's 96 px
+real = work / "params-real"
+shutil.copytree("params/real", real)
+doc = yaml.safe_load((real / "decode.yaml").read_text())
+doc["decode"].update(bench_batch_sizes=[1, 32, 128], bench_repeats=5)
+(real / "decode.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 edit("train", lambda t: t.update(steps={"caption": 4 if smoke else 50, "vqa": 4, "grounding": 4}, nproc=1,
                                  global_batch=16, micro_batch=16, grad_accum=1,
                                  precision="fp32" if smoke else "bf16", checkpoint_every=1000, log_every=2,
@@ -76,17 +84,23 @@ set -e
 tail -1 "$OUT/pytest_cuda.log"
 
 step "2. narvl bench decode, fp32 and bf16"
-preset=base; device=cuda; tasks=(caption vqa grounding); threads=0
-if [ "$SMOKE" = 1 ]; then preset=cpu; device=cpu; tasks=(vqa); threads=1; fi
+preset=base; device=cuda; tasks=(caption vqa grounding); threads=0; bench_params=$WORK/params-real
+if [ "$SMOKE" = 1 ]; then preset=cpu; device=cpu; tasks=(vqa); threads=1; bench_params=$WORK/params; fi
 for dtype in fp32 bf16; do
-    "$PY" -m narvl bench decode --params "$WORK/params" --preset "$preset" --device "$device" --dtype "$dtype" \
+    "$PY" -m narvl bench decode --params "$bench_params" --preset "$preset" --device "$device" --dtype "$dtype" \
         --threads "$threads" --tasks "${tasks[@]}" --out "$OUT/bench_${preset}_${dtype}.json" >"$OUT/bench_${dtype}.log" 2>&1
     grep -E '^(cuda|cpu) ' "$OUT/bench_${dtype}.log" || true
 done
 
 step "3. training: the embedded default's data, then $( [ "$SMOKE" = 1 ] && echo 4 || echo 50 ) steps"
-"$(dirname "$PY")/snakemake" --cores all --config params_dir="$WORK/params" --directory . \
-    "$WORK/shards/caption" "$WORK/shards/tokenizer.json" >"$OUT/data.log" 2>&1
+# the commands of the DAG's rules synth, shard_karpathy and tokenizer, run directly: a GPU machine may have the
+# packages that training needs but not Snakemake (docs/model.md, "GPU check")
+{
+    "$PY" -m narvl synth --params "$WORK/params" --out "$WORK/raw"
+    "$PY" -m narvl shard --params "$WORK/params" --task caption --format karpathy \
+        --annotations "$WORK/raw/captions/dataset_coco.json" --images "$WORK/raw/images" --out "$WORK/shards/caption"
+    "$PY" -m narvl tokenizer --params "$WORK/params" --shards "$WORK/shards/caption" --out "$WORK/shards/tokenizer.json"
+} >"$OUT/data.log" 2>&1
 "$PY" -m narvl train --params "$WORK/params" --task caption --kind nar --shards "$WORK/shards/caption" \
     --tokenizer "$WORK/shards/tokenizer.json" --out "$WORK/runs/caption-nar" >"$OUT/train.log" 2>&1
 cp "$WORK/runs/caption-nar/summary.json" "$OUT/train_summary.json"
@@ -106,7 +120,7 @@ bench = {}
 for dtype in ("fp32", "bf16"):
     doc = json.loads((out / f"bench_{preset}_{dtype}.json").read_text())
     bench[dtype] = [{k: r[k] for k in ("device", "task", "batch", "ms", "speedup", "ratios", "samples_per_s",
-                                       "encoder_variants")} for r in doc["results"]]
+                                       "encoder_variants", "nar_parts", "image_size")} for r in doc["results"]]
 result = {
     "mode": "cpu-smoke" if smoke else "gpu",
     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

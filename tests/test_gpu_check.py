@@ -33,6 +33,8 @@ def test_cpu_smoke_runs_every_step_and_writes_the_json(tmp_path):
         rows = result["bench_decode"][dtype]
         assert {r["task"] for r in rows} == {"vqa"} and {r["batch"] for r in rows} == {1, 2}
         assert all(r["ms"]["encoder"] > 0 and r["speedup"]["nar_greedy"]["median"] > 0 for r in rows)
+        # the smoke times the default's 96-px images (the GPU run: params/real's 480 px), with the NAR parts
+        assert {r["image_size"] for r in rows} == {96} and all(r["nar_parts"]["decoder"]["median"] > 0 for r in rows)
     assert result["train"]["steps"] == 4 and result["train"]["task"] == "caption" and result["train"]["kind"] == "nar"
     assert not (out / ".gpu_check.json.tmp").exists()
 
