@@ -255,18 +255,37 @@ class TrainParams:
     bench_steps: int
     bench_nprocs: list[int]
 
-    def for_task(self, task: str, where: str = "train params") -> "TrainParams":
-        """These parameters with train.task_overrides[task] applied (checked like the file's own values)."""
-        over = self.task_overrides.get(task, {})
+    def for_task(self, task: str, where: str = "train params", kind: str | None = None) -> "TrainParams":
+        """These parameters with train.task_overrides[task] applied, then train.task_overrides["<task>-<kind>"] (one
+        kind's runs of the task; a KD student is a `nar` run), each checked like the file's own values. A mapping
+        field (steps, val_split) is updated key by key, so `vqa-nar: {steps: {vqa: 3000}}` changes one entry."""
+        check_override_keys(self.task_overrides, where)
         known = {f.name for f in dataclasses.fields(TrainParams)} - {"task_overrides", "init", "init_bpe_dir",
                                                                        "init_resnet", "resnet_pretrain",
                                                                        "pretrain"}
-        for key in over:
-            if key not in known:
-                raise NarvlError(f"{where}: train.task_overrides.{task}.{key}: not a per-task train field"
-                                 f"{_suggest(key, known)}")
-        merged = {**dataclasses.asdict(self), **over, "task_overrides": {}}
-        return _build(TrainParams, merged, f"train.task_overrides.{task}", where)
+        merged = {**dataclasses.asdict(self), "task_overrides": {}}
+        for name in (task, f"{task}-{kind}" if kind else None):
+            over = self.task_overrides.get(name, {}) if name else {}
+            for key, value in over.items():
+                if key not in known:
+                    raise NarvlError(f"{where}: train.task_overrides.{name}.{key}: not a per-task train field"
+                                     f"{_suggest(key, known)}")
+                if isinstance(merged[key], dict) and isinstance(value, dict):
+                    merged[key] = {**merged[key], **value}
+                else:
+                    merged[key] = value
+        names = [n for n in (task, f"{task}-{kind}" if kind else None) if n in self.task_overrides]
+        label = " + ".join(f"train.task_overrides.{n}" for n in names) or f"train.task_overrides.{task}"
+        return _build(TrainParams, merged, label, where)
+
+
+def check_override_keys(overrides: dict[str, Any], where: str) -> None:
+    """train.task_overrides keys: a task, `pretrain`, or `<task>-<kind>` (kind ar | nar)."""
+    allowed = [*TASKS, "pretrain", *(f"{t}-{k}" for t in TASKS for k in typing.get_args(Kind))]
+    for name in overrides:
+        if name not in allowed:
+            raise NarvlError(f"{where}: train.task_overrides.{name}: not a task, 'pretrain' or '<task>-<kind>' "
+                             f"(kind ar or nar){_suggest(str(name), allowed)}")
 
 
 def ar_max_len(data: "DataParams", task: str, positions: int | None = None) -> int:

@@ -106,3 +106,22 @@ def test_task_overrides_apply_to_one_task_and_are_checked():
         bad.for_task("vqa")
     with pytest.raises(NarvlError, match=r"expected a number"):
         dataclasses.replace(train, task_overrides={"vqa": {"lr": "fast"}}).for_task("vqa")
+
+
+def test_task_kind_overrides_apply_to_one_kind_after_the_task_s():
+    train = params.load("params/train.yaml")
+    over = {"vqa": {"lr": 2.0e-3}, "vqa-nar": {"steps": {"vqa": 3000}, "warmup_steps": 50}}
+    t = dataclasses.replace(train, task_overrides=over)
+    nar, ar = t.for_task("vqa", kind="nar"), t.for_task("vqa", kind="ar")
+    assert (nar.steps["vqa"], nar.warmup_steps, nar.lr) == (3000, 50, 2.0e-3)
+    assert nar.steps["caption"] == train.steps["caption"]  # a mapping is updated entry by entry, not replaced
+    assert (ar.steps["vqa"], ar.warmup_steps, ar.lr) == (train.steps["vqa"], train.warmup_steps, 2.0e-3)
+    assert t.for_task("vqa").steps == ar.steps  # without a kind: the task's overrides only
+    assert t.for_task("caption", kind="nar").steps == train.steps
+    with pytest.raises(NarvlError, match=r"task_overrides\.vqa-nar\.step: not a per-task train field"):
+        dataclasses.replace(train, task_overrides={"vqa-nar": {"step": 1}}).for_task("vqa", kind="nar")
+    with pytest.raises(NarvlError, match=r"task_overrides\.vqa-nat: not a task, 'pretrain' or '<task>-<kind>'.*"
+                                         r"did you mean 'vqa-nar'"):
+        dataclasses.replace(train, task_overrides={"vqa-nat": {"lr": 1.0}}).for_task("caption")
+    with pytest.raises(NarvlError, match=r"task_overrides\.vqa-nar\.steps\.vqa: expected an integer"):
+        dataclasses.replace(train, task_overrides={"vqa-nar": {"steps": {"vqa": "many"}}}).for_task("vqa", kind="nar")

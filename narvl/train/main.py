@@ -190,7 +190,7 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     pretrain = args.task not in P.TASKS  # --task pretrain (argparse allows nothing else)
     if getattr(args, "tasks", None) is not None and not pretrain:
         raise NarvlError(f"--tasks is for --task {PRETRAIN} only (this run trains {args.task} alone)")
-    train = train.for_task(args.task, where)
+    train = train.for_task(args.task, where, args.kind)
     if getattr(args, "seed", None) is not None:
         train = dataclasses.replace(train, seed=args.seed)
     if getattr(args, "init", None) is not None:
@@ -287,7 +287,7 @@ def main(args: argparse.Namespace) -> int:
     cuda = cuda_available()
     where = launch.placement()
     params = load_params(args.params)
-    train = params[0].for_task(args.task, f"{Path(args.params) / 'train.yaml'}")  # a per-task nproc counts
+    train = params[0].for_task(args.task, f"{Path(args.params) / 'train.yaml'}", args.kind)  # its own nproc counts
     world = where.world_size if where.mode != "plain" else train.nproc
     setup = prepare(args, world, cuda, params)  # every check, before any work
     if where.mode == "plain" and train.nproc > 1:

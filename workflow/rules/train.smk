@@ -107,7 +107,7 @@ rule train:
     log:
         logfile("train/{task}-{run}"),
     priority: train_priority
-    threads: lambda w: TRAIN.for_task(w.task, STAGE_FILES["train"]).nproc
+    threads: lambda w: TRAIN.for_task(w.task, STAGE_FILES["train"], w.run.split("-seed")[0]).nproc
     resources:
         mem_mb=RES["train"]["mem_mb"],
         runtime=RES["train"]["runtime"],
@@ -167,7 +167,7 @@ rule train_kd:
     log:
         logfile("train/{task}-nar-kd"),
     priority: PRIORITY["kd"]
-    threads: lambda w: TRAIN.for_task(w.task, STAGE_FILES["train"]).nproc
+    threads: lambda w: TRAIN.for_task(w.task, STAGE_FILES["train"], "nar").nproc
     resources:
         mem_mb=RES["train"]["mem_mb"],
         runtime=RES["train"]["runtime"],
