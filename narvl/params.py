@@ -263,18 +263,15 @@ class TrainParams:
         known = {f.name for f in dataclasses.fields(TrainParams)} - {"task_overrides", "init", "init_bpe_dir",
                                                                        "init_resnet", "resnet_pretrain",
                                                                        "pretrain"}
+        names = [n for n in (task, f"{task}-{kind}" if kind else None) if n in self.task_overrides]
         merged = {**dataclasses.asdict(self), "task_overrides": {}}
-        for name in (task, f"{task}-{kind}" if kind else None):
-            over = self.task_overrides.get(name, {}) if name else {}
-            for key, value in over.items():
+        for name in names:
+            for key, value in self.task_overrides[name].items():
                 if key not in known:
                     raise NarvlError(f"{where}: train.task_overrides.{name}.{key}: not a per-task train field"
                                      f"{_suggest(key, known)}")
-                if isinstance(merged[key], dict) and isinstance(value, dict):
-                    merged[key] = {**merged[key], **value}
-                else:
-                    merged[key] = value
-        names = [n for n in (task, f"{task}-{kind}" if kind else None) if n in self.task_overrides]
+                nested = isinstance(merged[key], dict) and isinstance(value, dict)
+                merged[key] = {**merged[key], **value} if nested else value
         label = " + ".join(f"train.task_overrides.{n}" for n in names) or f"train.task_overrides.{task}"
         return _build(TrainParams, merged, label, where)
 
