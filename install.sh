@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install narvl into .venv/ in this checkout: pinned dependencies (requirements.txt + requirements.lock),
-# narvl itself (editable), and Java from Debian's packages when it is missing (pycocoevalcap's PTB tokenizer and
-# METEOR need it). Safe to re-run: it does nothing when .venv already matches the pinned files.
+# narvl itself (editable), DeepSpeed's shared-memory op compiled once (else the first training compiles it), and Java
+# from Debian's packages when it is missing (pycocoevalcap's PTB tokenizer and METEOR need it). Safe to re-run: it
+# does nothing when .venv already matches the pinned files.
 #
 #   bash install.sh            # then: .venv/bin/snakemake --cores all   or   .venv/bin/python -m pytest
 #
@@ -54,5 +55,7 @@ log "installing pinned dependencies into .venv (pip; about 2 minutes with a loca
     -r requirements.txt -c requirements.lock 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 .venv/bin/python -m pip install --no-cache-dir -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 .venv/bin/python -m pip check
+log "compiling DeepSpeed's shared-memory op (once per environment; else the first training compiles it)"
+.venv/bin/python -c 'from narvl.train.main import build_deepspeed_ops; build_deepspeed_ops()' >/dev/null
 echo "$want" >"$stamp"
 log "done in $(( $(date +%s) - start )) s"

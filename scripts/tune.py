@@ -7,8 +7,9 @@ folders, one core, greedy decoding of the chosen tasks and kinds, and one JSON l
 
 TASKS and KINDS are comma-separated (vqa,grounding / ar,nar). Everything goes under ROOT/NAME (default ROOT:
 tune/, git-ignored): params/, the data, runs, results and logs; the line is appended to ROOT/results.jsonl. Training
-runs in one process with the global batch as its micro-batch (`train.nproc: 1`), so its data order differs from the
-pipeline's two processes: compare experiments with each other, not with the published tables. --dry-run writes the
+runs in one process with the global batch as its micro-batch (`train.nproc: 1`, as the pipeline's fine-tunes do), the
+multi-task pretraining too (the pipeline's runs on two processes, so its data order differs): compare experiments
+with each other, not with the published tables. --dry-run writes the
 params and prints the Snakemake jobs without running them. With `pipeline.pretrain` on, the multi-task AR stage
 trains on the experiment's tasks only (train.pretrain.weights of the others dropped), so compare its experiments
 with each other.
@@ -48,6 +49,11 @@ def edited_params(folder: Path, edits: list[str], tasks: list[str], kinds: list[
     train = docs["train"]["train"]
     train.update(nproc=1, micro_batch=train["global_batch"], grad_accum=1,
                  distill_tasks=[t for t in train["distill_tasks"] if t in tasks and "nar-kd" in kinds])
+    for name, over in list(train["task_overrides"].items()):  # the pretraining's two processes too: one core
+        over = {k: v for k, v in over.items() if k not in ("nproc", "micro_batch", "grad_accum")}
+        train["task_overrides"][name] = over
+        if not over:
+            del train["task_overrides"][name]
     # the multi-task AR stage (pipeline.pretrain) mixes the experiment's tasks only: the others have no shards here
     # (the workflow passes pipeline.tasks as --tasks anyway; this keeps the params copy saying so)
     train["pretrain"]["weights"] = {t: w for t, w in train["pretrain"]["weights"].items() if t in tasks}

@@ -23,6 +23,7 @@ from narvl.errors import NarvlError
 from narvl.params import load
 from narvl.train import checkpoint as ck
 from narvl.train import launch
+from narvl.train import main as train_main
 from narvl.train.config import WarmupCosine, check_batch, deepspeed_config
 from tests import train_inputs as T
 
@@ -116,11 +117,62 @@ def test_torchrun_env_shares_out_threads_and_finds_this_checkout():
 
 
 # --------------------------------------------------------------------------------------- batch and schedule
+def test_extensions_dir_and_ninja_are_this_environments(tmp_path, monkeypatch):
+    """DeepSpeed's op is built with the interpreter's own ninja into a folder of this environment: two ninja versions
+    would rebuild each other's op, two environments would share a folder."""
+    bindir = tmp_path / "venv" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "ninja").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "executable", str(bindir / "python"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    train_main.use_private_extensions_dir("cpu")
+    assert os.environ["PATH"] == f"{bindir}:/usr/bin:/bin"
+    assert os.environ["DS_ACCELERATOR"] == "cpu"
+    assert Path(os.environ["TORCH_EXTENSIONS_DIR"]).name.startswith("narvl-cpu-")
+    train_main.use_private_extensions_dir("cpu")  # again (torchrun's ranks): PATH is not extended twice
+    assert os.environ["PATH"] == f"{bindir}:/usr/bin:/bin"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))  # the user's choice wins
+    train_main.use_private_extensions_dir("cpu")
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine")
+
+
+def test_adamw_multi_tensor_updates_equal_the_loop_bit_for_bit():
+    import torch
+
+    from narvl.model import build_model
+    from narvl.train.engine import adamw, param_groups
+
+    train = load(ROOT / "params" / "train.yaml")
+    models = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        model = build_model("nar", load(ROOT / "params" / "model.yaml").arch(), 50, 8,
+                            {"pad": 0, "bos": 1, "eos": 2, "unk": 3, "blank": 4})
+        groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, train.weight_decay)]
+        opt = adamw(groups, train) if foreach else torch.optim.AdamW(
+            groups, lr=train.lr, betas=tuple(train.adam_betas), eps=train.adam_eps, foreach=False)
+        assert opt.defaults["foreach"] is foreach
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        models.append(model)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        assert torch.equal(a, b), name
+
+
 def test_batch_arithmetic():
     train = load(ROOT / "params" / "train.yaml")
     check_batch(train, train.global_batch // (train.micro_batch * train.grad_accum), "x")
-    with pytest.raises(NarvlError, match=r"micro_batch \(16\) x train.grad_accum \(1\) x world size \(3\) = 48"):
+    with pytest.raises(NarvlError, match=r"micro_batch \(32\) x train.grad_accum \(1\) x world size \(3\) = 96"):
         check_batch(train, 3, "x")
+    pretrain = train.for_task("pretrain")  # the 2-process multi-task stage
+    check_batch(pretrain, pretrain.nproc, "x")
+    with pytest.raises(NarvlError, match=r"micro_batch \(16\) x train.grad_accum \(1\) x world size \(3\) = 48"):
+        check_batch(pretrain, 3, "x")
 
 
 def test_deepspeed_config_follows_params():
@@ -483,6 +535,22 @@ def test_pretrain_refuses_bad_values_naming_the_file(inputs, capsys, tmp_path, p
     code, err, _ = train_cli(inputs, capsys, params=params, task="pretrain", kind=kind, shards=root,
                              out=tmp_path / "run", **({"tasks": mix} if mix else {}))
     assert code == 2 and re.search(message, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_settings_of_a_task_override_are_named(inputs, capsys, tmp_path):
+    """The pretraining's own nproc and micro_batch (train.task_overrides.pretrain) must fit the global batch too;
+    the error says that the override is where the numbers come from."""
+    root = tmp_path / "shards"
+    root.mkdir()
+    (root / "caption").symlink_to(inputs["shards"])
+    params = T.make_params(ROOT / "params", tmp_path / "params", pretrain={"steps": 4, "weights": {"caption": 1.0}},
+                           task_overrides={"pretrain": {"nproc": 2, "micro_batch": 16}})
+    code, err, _ = train_cli(inputs, capsys, params=params, task="pretrain", kind="ar", shards=root,
+                             out=tmp_path / "run")
+    assert code == 2 and re.search(r"train.yaml \(with train.task_overrides.pretrain\): inconsistent batch settings: "
+                                   r"train.micro_batch \(16\) x train.grad_accum \(1\) x world size \(2\) = 32, "
+                                   r"but train.global_batch is 8", err), err
     assert not (tmp_path / "run").exists()
 
 

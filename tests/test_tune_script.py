@@ -21,6 +21,7 @@ def test_dry_run_plans_the_experiment_in_its_own_folders(tmp_path):
     params = tmp_path / "exp" / "params"
     train = yaml.safe_load((params / "train.yaml").read_text())["train"]
     assert train["steps"]["vqa"] == 1800 and train["nproc"] == 1 and train["micro_batch"] == train["global_batch"]
+    assert train["task_overrides"]["grounding"] == {"lr": 2.0e-3} and "pretrain" not in train["task_overrides"]
     assert yaml.safe_load((params / "data.yaml").read_text())["data"]["synth"]["question_phrases"] == "attributes"
     assert "rule synth:" in proc.stdout and "rule train:" in proc.stdout and "rule score_vqa:" in proc.stdout
     assert "rule pretrain:" in proc.stdout and train["pretrain"]["weights"] == {"vqa": 1.0}  # the experiment's tasks

@@ -40,7 +40,7 @@ TINY = {
     "model": {"overrides": {"d_model": 32, "heads": 2, "ffn_dim": 64, "resnet_width": 8},
               "num_queries": {"caption": 20, "vqa": 6, "grounding": 5, "entailment": 6}},
     "train": {"nproc": 1, "steps": {"caption": 2, "vqa": 2, "grounding": 2, "entailment": 2}, "global_batch": 4,
-              "micro_batch": 4,
+              "micro_batch": 4, "task_overrides": {"pretrain": {"nproc": 1, "micro_batch": 4}},
               "grad_accum": 1, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 1, "val_every": 0,
               "val_batches": 1, "keep_checkpoints": 1, "distill_tasks": ["caption"],
               "resnet_pretrain": {"scenes": 32, "test_scenes": 8, "steps": 2, "batch": 8, "lr": 1.0e-3},

@@ -119,7 +119,7 @@ def make_params(src: Path, dst: Path, **train) -> Path:
     edit_yaml(dst / "train.yaml", **{
         "nproc": 2, "steps": {"caption": 12, "vqa": 12, "grounding": 12}, "global_batch": 8, "micro_batch": 4,
         "grad_accum": 1, "lr": 3e-3, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2, "val_batches": 2,
-        "keep_checkpoints": 2, "label_smoothing": 0.0, **train})
+        "keep_checkpoints": 2, "label_smoothing": 0.0, "task_overrides": {}, **train})
     edit_yaml(dst / "model.yaml", overrides={
         "d_model": 32, "heads": 2, "encoder_layers": 2, "decoder_layers": 2, "ffn_dim": 64, "resnet_width": 8,
         "dropout": 0.0, "max_target_len": 8, "max_source_len": 16},

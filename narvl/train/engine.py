@@ -43,13 +43,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             for g, wd in ((decay, weight_decay), (no_decay, 0.0))]
 
 
+def adamw(groups: list[dict[str, Any]], train: TrainParams) -> torch.optim.AdamW:
+    """torch's AdamW in its multi-tensor form (`foreach`: one update per group, not a Python loop over the
+    parameters, which torch picks on the CPU by itself): the same arithmetic bit for bit (tested), in about a quarter
+    less of the optimizer's time (docs/training.md)."""
+    return torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.adam_betas), eps=train.adam_eps, foreach=True)
+
+
 def build_engine(model: nn.Module, train: TrainParams, total_steps: int):
     """-> (engine, optimizer, scheduler, param names per group, ds_config)."""
     import deepspeed
 
     groups = param_groups(model, train.weight_decay)
     names = [g.pop("names") for g in groups]
-    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.adam_betas), eps=train.adam_eps)
+    optimizer = adamw(groups, train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(train, total_steps))
     config = deepspeed_config(train)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,

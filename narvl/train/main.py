@@ -190,7 +190,10 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     pretrain = args.task not in P.TASKS  # --task pretrain (argparse allows nothing else)
     if getattr(args, "tasks", None) is not None and not pretrain:
         raise NarvlError(f"--tasks is for --task {PRETRAIN} only (this run trains {args.task} alone)")
+    applied = [n for n in (args.task, f"{args.task}-{args.kind}") if n in train.task_overrides]
     train = train.for_task(args.task, where, args.kind)
+    if applied:  # the values checked below may come from these (e.g. the pretraining's nproc and micro_batch)
+        where += " (with " + " + ".join(f"train.task_overrides.{n}" for n in applied) + ")"
     if getattr(args, "seed", None) is not None:
         train = dataclasses.replace(train, seed=args.seed)
     if getattr(args, "init", None) is not None:
@@ -308,13 +311,33 @@ def use_private_extensions_dir(accelerator: str) -> None:
     DeepSpeed compiles its shared-memory op at first start into TORCH_EXTENSIONS_DIR. Processes of another
     environment (another venv: other include paths) or accelerator setting build it with other flags; sharing one
     folder, they rebuild it in turn and make each other wait minutes. Unless TORCH_EXTENSIONS_DIR is set, narvl uses
-    ~/.cache/torch_extensions/narvl-<accelerator>-<hash of the Python prefix>.
+    ~/.cache/torch_extensions/narvl-<accelerator>-<hash of the Python prefix>. The build runs this environment's
+    ninja (the pinned one beside the interpreter, as in the workflow's jobs) ahead of any other on PATH: ninja 1.11
+    (Debian's) and 1.13 (pinned) keep build logs of different versions and hash commands differently, so each
+    rebuilds what the other built (seen: a plain `python -m narvl train` recompiled the op a Snakemake job had just built).
     """
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "")
+    if os.path.isfile(os.path.join(bindir, "ninja")) and path.split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = bindir + (os.pathsep + path if path else "")
     if accelerator == "cpu":
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     env_id = hashlib.sha256(os.path.realpath(sys.prefix).encode()).hexdigest()[:10]
     os.environ.setdefault("TORCH_EXTENSIONS_DIR",
                           str(Path.home() / ".cache" / "torch_extensions" / f"narvl-{accelerator}-{env_id}"))
+
+
+def build_deepspeed_ops() -> None:
+    """Compile DeepSpeed's shared-memory op into this environment's extension cache now (install.sh runs this), so
+    that the first training on a machine does not spend its first minute compiling it (about 40 s on 2 cores).
+    `deepspeed.comm` builds the op whenever it starts, and a cached build is loaded in a second. It is built only
+    where DeepSpeed would build it (a Linux CPU accelerator; a CUDA accelerator has no such op)."""
+    import torch
+
+    use_private_extensions_dir("cuda" if torch.cuda.is_available() else "cpu")
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
 
 
 def run(setup: Setup) -> int:
