@@ -314,7 +314,8 @@ def use_private_extensions_dir(accelerator: str) -> None:
     ~/.cache/torch_extensions/narvl-<accelerator>-<hash of the Python prefix>. The build runs this environment's
     ninja (the pinned one beside the interpreter, as in the workflow's jobs) ahead of any other on PATH: ninja 1.11
     (Debian's) and 1.13 (pinned) keep build logs of different versions and hash commands differently, so each
-    rebuilds what the other built (seen: a plain `python -m narvl train` recompiled the op a Snakemake job had just built).
+    rebuilds what the other built (seen: a plain `python -m narvl train` recompiled the op a Snakemake job had just
+    built).
     """
     bindir = os.path.dirname(sys.executable)
     path = os.environ.get("PATH", "")
