@@ -56,6 +56,7 @@ log "installing pinned dependencies into .venv (pip; about 2 minutes with a loca
 .venv/bin/python -m pip install --no-cache-dir -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 .venv/bin/python -m pip check
 log "compiling DeepSpeed's shared-memory op (once per environment; else the first training compiles it)"
-.venv/bin/python -c 'from narvl.train.main import build_deepspeed_ops; build_deepspeed_ops()' >/dev/null
+.venv/bin/python -c 'from narvl.train.main import build_deepspeed_ops; build_deepspeed_ops()' >/dev/null \
+    || { echo "install.sh: could not compile DeepSpeed's shared-memory op (it needs a C++ compiler: g++; the error is above)" >&2; exit 1; }
 echo "$want" >"$stamp"
 log "done in $(( $(date +%s) - start )) s"

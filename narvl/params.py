@@ -263,7 +263,7 @@ class TrainParams:
         known = {f.name for f in dataclasses.fields(TrainParams)} - {"task_overrides", "init", "init_bpe_dir",
                                                                        "init_resnet", "resnet_pretrain",
                                                                        "pretrain"}
-        names = [n for n in (task, f"{task}-{kind}" if kind else None) if n in self.task_overrides]
+        names = self.override_names(task, kind)
         merged = {**dataclasses.asdict(self), "task_overrides": {}}
         for name in names:
             for key, value in self.task_overrides[name].items():
@@ -274,6 +274,10 @@ class TrainParams:
                 merged[key] = {**merged[key], **value} if nested else value
         label = " + ".join(f"train.task_overrides.{n}" for n in names) or f"train.task_overrides.{task}"
         return _build(TrainParams, merged, label, where)
+
+    def override_names(self, task: str, kind: str | None = None) -> list[str]:
+        """The train.task_overrides entries that for_task(task, kind) applies, in order."""
+        return [n for n in (task, f"{task}-{kind}" if kind else None) if n in self.task_overrides]
 
 
 def check_override_keys(overrides: dict[str, Any], where: str) -> None:

@@ -190,7 +190,7 @@ def prepare(args: argparse.Namespace, world_size: int, cuda: bool,
     pretrain = args.task not in P.TASKS  # --task pretrain (argparse allows nothing else)
     if getattr(args, "tasks", None) is not None and not pretrain:
         raise NarvlError(f"--tasks is for --task {PRETRAIN} only (this run trains {args.task} alone)")
-    applied = [n for n in (args.task, f"{args.task}-{args.kind}") if n in train.task_overrides]
+    applied = train.override_names(args.task, args.kind)
     train = train.for_task(args.task, where, args.kind)
     if applied:  # the values checked below may come from these (e.g. the pretraining's nproc and micro_batch)
         where += " (with " + " + ".join(f"train.task_overrides.{n}" for n in applied) + ")"
